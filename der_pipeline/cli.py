@@ -1,0 +1,232 @@
+"""The der-pipeline command line: one command per pipeline stage, plus `report` and `demo`.
+
+Every command reads params.yaml (or --params) and accepts overrides for the
+settings that matter in that stage; `dvc repro` calls the same commands.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from der_pipeline.config import ConfigError, Params, load_params
+
+app = typer.Typer(
+    help="Dynamic Ensemble Reasoning over small local LLMs: precompute every 2-hop expert path, "
+         "score it, then train and evaluate a PPO router offline. Stages in order: "
+         "prepare -> generate -> embed -> score -> train -> evaluate (-> report).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (the single source of truth)")
+DatasetOpt = typer.Option(None, "--dataset", "-d", help="only this dataset (repeatable); default: all in params")
+
+
+def _load(path: Path) -> Params:
+    try:
+        return load_params(path)
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+def _datasets(p: Params, chosen: Optional[list[str]]) -> list[str]:
+    active = p.data.active()
+    if not chosen:
+        return active
+    bad = [d for d in chosen if d not in active]
+    if bad:
+        typer.secho(f"--dataset {bad[0]!r} is not prepared by params (data.datasets with sample > 0): {active}",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    return chosen
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def prepare(params: Path = ParamsOpt) -> None:
+    """Read the raw benchmarks into one canonical Parquet table per dataset (data/prepared/), seeded train/test split."""
+    from der_pipeline.data.prepare import load_prepared, prepare as run
+    from der_pipeline.data.sources import SourceError
+
+    p = _load(params)
+    try:
+        written = run(p)
+    except SourceError as exc:
+        _fail(exc)
+    for name, path in written.items():
+        t = load_prepared(p, name)
+        splits = t["split"].to_pylist()
+        typer.echo(f"{name}: {t.num_rows} queries (train {splits.count('train')}, test {splits.count('test')}) -> {path}")
+
+
+@app.command()
+def generate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
+             limit: Optional[int] = typer.Option(None, help="only the first N prepared queries of each dataset"),
+             backend: Optional[str] = typer.Option(None, help="override generation.backend: llamacpp | openai | vllm"),
+             progress: bool = typer.Option(True, help="show a progress bar")) -> None:
+    """Run every expert path up to 2 hops (N answers, N x N KTP refinements) into data/tree/. Resumable."""
+    from der_pipeline.experts.backends import BackendError
+    from der_pipeline.experts.models import ModelNotFoundError
+    from der_pipeline.generate.run import generate as run
+
+    p = _load(params)
+    try:
+        p = p.with_overrides("generation", backend=backend)
+        stats = run(p, _datasets(p, dataset), limit=limit, progress=progress)
+    except (BackendError, ModelNotFoundError, ConfigError, FileNotFoundError) as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: finished nodes are saved; rerun the same command to continue", fg="yellow", err=True)
+        raise typer.Exit(130) from None
+    for s in stats:
+        typer.echo(json.dumps(s))
+
+
+@app.command()
+def embed(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """Embed every query and every node's answer with sentence-transformers (data/embeddings/)."""
+    from der_pipeline.signals.embed import embed as run
+
+    p = _load(params)
+    for ds in _datasets(p, dataset):
+        try:
+            typer.echo(json.dumps(run(p, ds)))
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(exc)
+
+
+@app.command()
+def score(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """Score every node: the task metric, its parsed answer, and BERTScore F1 (data/scores/)."""
+    from der_pipeline.signals.score import score as run
+
+    p = _load(params)
+    for ds in _datasets(p, dataset):
+        try:
+            typer.echo(json.dumps(run(p, ds)))
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(exc)
+
+
+@app.command()
+def train(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
+          alpha: Optional[float] = typer.Option(None, help="cost weight a in the reward"),
+          beta: Optional[float] = typer.Option(None, help="weight b of the improvement P(y_t) - P(y_t-1)"),
+          gamma: Optional[float] = typer.Option(None, help="bonus/penalty g around the threshold p0"),
+          p0: Optional[float] = typer.Option(None, help="quality threshold p0"),
+          signal: Optional[str] = typer.Option(None, help="P signal: task | bertscore | mix"),
+          form: Optional[str] = typer.Option(None, help="reward form: per_step (the proposal) | terminal"),
+          total_timesteps: Optional[int] = typer.Option(None, help="PPO environment steps"),
+          seed: Optional[int] = typer.Option(None, help="PPO seed"),
+          out: Optional[Path] = typer.Option(None, help="checkpoint folder (default: <models>/<dataset>)")) -> None:
+    """Train the PPO router on the train split of the cached tree (seconds, no LLM). Writes models/<dataset>/."""
+    from der_pipeline.router.train import train_dataset
+
+    p = _load(params)
+    try:
+        p = p.with_overrides("reward", alpha=alpha, beta=beta, gamma=gamma, p0=p0, signal=signal, form=form)
+        p = p.with_overrides("ppo", total_timesteps=total_timesteps, seed=seed)
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    for ds in _datasets(p, dataset):
+        try:
+            summary = train_dataset(p, ds, out_dir=(out / ds) if out else None)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(exc)
+        typer.echo(json.dumps(summary))
+
+
+@app.command()
+def evaluate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """Evaluate the DER agent and every baseline on the held-out test split: tables, metrics JSON, plots (results/)."""
+    from der_pipeline.evaluate.run import evaluate as run
+
+    p = _load(params)
+    try:
+        tables = run(p, _datasets(p, dataset))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    for ds, md in tables.items():
+        typer.echo(f"\n## {ds}\n\n{md}")
+
+
+@app.command()
+def report(params: Path = ParamsOpt,
+           readme: Path = typer.Option(Path("README.md"), help="the README whose results section is rewritten"),
+           check: bool = typer.Option(False, help="exit 1 if the README's results section is out of date")) -> None:
+    """Regenerate the README's results section from the metrics files under results/."""
+    from der_pipeline.evaluate.report import update_readme
+
+    p = _load(params)
+    changed = update_readme(p, readme, write=not check)
+    if check and changed:
+        typer.secho(f"{readme}: results section is out of date; run `der-pipeline report`", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{readme}: {'updated' if changed else 'up to date'}")
+
+
+@app.command()
+def inspect(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """Check a scored tree: task score and parse rate of every path (first expert x refining expert)."""
+    from der_pipeline.evaluate.inspect_tree import inspect as run
+
+    p = _load(params)
+    for ds in _datasets(p, dataset):
+        try:
+            typer.echo(run(p, ds))
+        except FileNotFoundError as exc:
+            _fail(exc)
+
+
+@app.command()
+def ask(question: str = typer.Argument(..., help="the question to answer"),
+        context: str = typer.Option("", help="the passage / paragraphs the experts should read"),
+        dataset: str = typer.Option("boolq", help="which trained policy (and answer format) to use"),
+        params: Path = ParamsOpt) -> None:
+    """Answer one question live: the trained policy picks experts step by step (probabilities, answers, cost)."""
+    from der_pipeline.ask import ask as run
+    from der_pipeline.experts.backends import BackendError
+    from der_pipeline.experts.models import ModelNotFoundError
+
+    p = _load(params)
+    try:
+        run(p, dataset, question, context, echo=typer.echo)
+    except (FileNotFoundError, ValueError, BackendError, ModelNotFoundError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(sample: int = typer.Option(4, help="BoolQ queries to run through the whole chain"),
+         workdir: Path = typer.Option(Path("runs/demo"), help="where the demo's data, models and results go"),
+         params: Path = ParamsOpt) -> None:
+    """The whole chain on a small BoolQ sample with the real default experts, ending in a results table."""
+    from der_pipeline.demo import run_demo
+
+    p = _load(params)
+    try:
+        md = run_demo(p, sample=sample, workdir=workdir)
+    except Exception as exc:  # noqa: BLE001 - surface any failure as a clean message
+        _fail(exc)
+    typer.echo(md)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

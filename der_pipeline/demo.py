@@ -1,0 +1,44 @@
+"""`der-pipeline demo`: the whole chain on a small BoolQ sample with the real experts, in its own folder."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from der_pipeline.config import DataConfig, DatasetSpec, Params
+
+log = logging.getLogger(__name__)
+
+
+def demo_params(p: Params, sample: int, workdir: Path) -> Params:
+    workdir = workdir.resolve()
+    paths = dataclasses.replace(p.paths, source_data=str(p.path("source_data").resolve()),
+                                data=str(workdir / "data"), models=str(workdir / "models"),
+                                results=str(workdir / "results"), metrics=str(workdir / "metrics"))
+    data = dataclasses.replace(p.data, test_fraction=0.5, datasets={"boolq": DatasetSpec(sample=sample)})
+    ppo = dataclasses.replace(p.ppo, total_timesteps=20_480)
+    ev = dataclasses.replace(p.evaluate, alpha_sweep=[0.0, 0.1, 0.4], bootstrap=200)
+    new = dataclasses.replace(p, paths=paths, data=data, ppo=ppo, evaluate=ev)
+    new.validate()
+    return new
+
+
+def run_demo(p: Params, sample: int, workdir: Path) -> str:
+    from der_pipeline.data.prepare import prepare
+    from der_pipeline.evaluate.run import evaluate
+    from der_pipeline.generate.run import generate
+    from der_pipeline.router.train import train_dataset
+    from der_pipeline.signals.embed import embed
+    from der_pipeline.signals.score import score
+
+    if sample < 2:
+        raise ValueError("--sample must be at least 2 (the demo needs a train and a test query)")
+    dp = demo_params(p, sample, workdir)
+    steps = [("prepare", lambda: prepare(dp)), ("generate", lambda: generate(dp)),
+             ("embed", lambda: embed(dp, "boolq")), ("score", lambda: score(dp, "boolq")),
+             ("train", lambda: train_dataset(dp, "boolq")), ("evaluate", lambda: evaluate(dp, ["boolq"]))]
+    out = None
+    for name, fn in steps:
+        log.info("demo: %s", name)
+        out = fn()
+    return f"## boolq demo ({sample} queries, real experts; outputs in {workdir})\n\n{out['boolq']}"

@@ -1,0 +1,40 @@
+"""`der-pipeline inspect`: check a scored tree before trusting it.
+
+Per path: mean task score and parse rate (share of answers the task parser
+could read), as a matrix of first expert (rows) by refining expert (columns),
+with hop 1 alone in the first column. A path that fails for a format reason
+shows up as a low parse rate.
+"""
+from __future__ import annotations
+
+import polars as pl
+
+from der_pipeline.config import Params
+from der_pipeline.signals.score import load_scores
+
+
+def path_summary(p: Params, dataset: str) -> pl.DataFrame:
+    df = pl.from_arrow(load_scores(p, dataset))
+    return (df.with_columns(parsed=(pl.col("parsed_answer").str.len_chars() > 0).cast(pl.Float64))
+              .group_by("path").agg(pl.len().alias("n"), pl.col("task_score").mean().alias("score"),
+                                     pl.col("parsed").mean().alias("parse_rate"),
+                                     pl.col("bertscore_f1").mean().alias("bertscore"))
+              .sort("path"))
+
+
+def render_matrix(p: Params, dataset: str, summary: pl.DataFrame, column: str) -> str:
+    names = p.expert_names()
+    vals = dict(zip(summary["path"].to_list(), summary[column].to_list()))
+    head = "| first \\ then | alone | " + " | ".join(names) + " |"
+    lines = [head, "|" + "---|" * (len(names) + 2)]
+    for a in names:
+        cells = [f"{vals.get(a, float('nan')):.3f}"] + [f"{vals.get(f'{a}>{b}', float('nan')):.3f}" for b in names]
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def inspect(p: Params, dataset: str) -> str:
+    s = path_summary(p, dataset)
+    n = int(s["n"].max()) if s.height else 0
+    return (f"### {dataset}: {n} queries, mean task score per path\n\n{render_matrix(p, dataset, s, 'score')}\n\n"
+            f"### {dataset}: parse rate per path\n\n{render_matrix(p, dataset, s, 'parse_rate')}\n")

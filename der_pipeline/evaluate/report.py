@@ -1,0 +1,47 @@
+"""`der-pipeline report`: the README's results section, regenerated from results/*/metrics.json only."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from der_pipeline.config import Params
+from der_pipeline.evaluate.run import render_table
+
+START = "<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->"
+END = "<!-- results:end -->"
+
+
+def results_section(p: Params, readme_dir: Path) -> str:
+    results = p.path("results")
+    parts = [START, ""]
+    found = sorted(results.glob("*/metrics.json")) if results.exists() else []
+    if not found:
+        parts.append("No results yet: run `dvc repro` (or `der-pipeline evaluate`).")
+    for path in found:
+        out = json.loads(path.read_text())
+        rel = lambda f: Path(path.parent / f).resolve().relative_to(readme_dir.resolve()).as_posix()  # noqa: E731
+        parts += [f"### {out['dataset']}", "", render_table(out), "",
+                  f"![quality against cost, {out['dataset']}]({rel('cost_accuracy.png')})", ""]
+        sc = out["methods"].get("self-correction (best on train)", {})
+        if "chosen_expert" in sc:
+            parts += [f"Self-correction (best on train) uses {sc['chosen_expert']}.", ""]
+        share = out["methods"][out["der_method"]]["first_expert_share"]
+        picks = ", ".join(f"{e} {s:.0%}" for e, s in zip(out["experts"], share))
+        parts += [f"DER's first expert on the test split: {picks}.", ""]
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def update_readme(p: Params, readme: Path, write: bool = True) -> bool:
+    """Replace the text between the markers; returns whether it changed."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme}: no results markers; add the two lines\n{START}\n{END}")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = head + results_section(p, readme.parent) + tail
+    changed = new != text
+    if changed and write:
+        readme.write_text(new)
+    return changed

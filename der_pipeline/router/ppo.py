@@ -1,0 +1,203 @@
+"""PPO for the router, written out in the manner of cleanrl's ppo.py (every step of the algorithm visible).
+
+Actor: softmax over N experts + STOP with masked logits. Critic: a value head.
+Rollouts of ``num_envs`` x ``num_steps`` from the batched tree environment, GAE,
+clipped surrogate, clipped value loss, entropy bonus, gradient clipping,
+minibatch epochs, linear learning-rate annealing, seeded.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.distributions.categorical import Categorical
+
+from der_pipeline.config import PPOConfig, RewardConfig
+from der_pipeline.router.arrays import TreeArrays
+from der_pipeline.router.env import VectorTreeEnv
+
+MASKED = -1e9
+
+
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    def __init__(self, obs_dim: int, n_actions: int, hidden: int = 64):
+        super().__init__()
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden)), nn.Tanh(),
+            layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+            layer_init(nn.Linear(hidden, 1), std=1.0),
+        )
+        self.actor = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, hidden)), nn.Tanh(),
+            layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+            layer_init(nn.Linear(hidden, n_actions), std=0.01),
+        )
+
+    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(x)
+
+    def masked_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask, self.actor(x), torch.full((), MASKED))
+
+    def get_action_and_value(self, x, mask, action=None):
+        probs = Categorical(logits=self.masked_logits(x, mask))
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(x)
+
+    @torch.no_grad()
+    def greedy(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.masked_logits(x, mask).argmax(dim=1)
+
+
+def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, log_path: Path | None = None,
+              scale: float | None = None) -> tuple[Agent, list[dict]]:
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+    envs = VectorTreeEnv(arrays, reward, cfg.num_envs, seed=cfg.seed, scale=scale)
+    agent = Agent(envs.obs_dim, envs.n_actions, cfg.hidden)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    batch_size = cfg.num_envs * cfg.num_steps
+    minibatch_size = batch_size // cfg.num_minibatches
+    num_iterations = cfg.total_timesteps // batch_size
+
+    obs = torch.zeros((cfg.num_steps, cfg.num_envs, envs.obs_dim))
+    masks = torch.zeros((cfg.num_steps, cfg.num_envs, envs.n_actions), dtype=torch.bool)
+    actions = torch.zeros((cfg.num_steps, cfg.num_envs), dtype=torch.long)
+    logprobs = torch.zeros((cfg.num_steps, cfg.num_envs))
+    rewards = torch.zeros((cfg.num_steps, cfg.num_envs))
+    dones = torch.zeros((cfg.num_steps, cfg.num_envs))
+    values = torch.zeros((cfg.num_steps, cfg.num_envs))
+
+    next_obs, next_mask = envs.reset()
+    next_done = torch.zeros(cfg.num_envs)
+    ep_return = torch.zeros(cfg.num_envs)
+    history: list[dict] = []
+    log_fh = open(log_path, "w") if log_path else None
+    t0 = time.perf_counter()
+    try:
+        for iteration in range(1, num_iterations + 1):
+            if cfg.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / num_iterations
+                optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+
+            finished_returns, finished_calls, finished_p = [], [], []
+            for step in range(cfg.num_steps):
+                obs[step] = next_obs
+                masks[step] = next_mask
+                dones[step] = next_done
+                with torch.no_grad():
+                    action, logprob, _, value = agent.get_action_and_value(next_obs, next_mask)
+                    values[step] = value.flatten()
+                actions[step] = action
+                logprobs[step] = logprob
+                next_obs, next_mask, reward, done, info = envs.step(action)
+                rewards[step] = reward
+                next_done = done.float()
+                ep_return += reward
+                finished_returns.append(ep_return[done].clone())
+                finished_calls.append(info["calls"])
+                finished_p.append(info["final_p"])
+                ep_return[done] = 0.0
+
+            # bootstrap value if not done, then generalised advantage estimation
+            with torch.no_grad():
+                next_value = agent.get_value(next_obs).reshape(1, -1)
+                advantages = torch.zeros_like(rewards)
+                lastgaelam = 0
+                for t in reversed(range(cfg.num_steps)):
+                    if t == cfg.num_steps - 1:
+                        nextnonterminal = 1.0 - next_done
+                        nextvalues = next_value
+                    else:
+                        nextnonterminal = 1.0 - dones[t + 1]
+                        nextvalues = values[t + 1]
+                    delta = rewards[t] + cfg.gamma * nextvalues * nextnonterminal - values[t]
+                    advantages[t] = lastgaelam = delta + cfg.gamma * cfg.gae_lambda * nextnonterminal * lastgaelam
+                returns = advantages + values
+
+            b_obs = obs.reshape((-1, envs.obs_dim))
+            b_masks = masks.reshape((-1, envs.n_actions))
+            b_logprobs = logprobs.reshape(-1)
+            b_actions = actions.reshape(-1)
+            b_advantages = advantages.reshape(-1)
+            b_returns = returns.reshape(-1)
+            b_values = values.reshape(-1)
+
+            b_inds = np.arange(batch_size)
+            clipfracs = []
+            for _epoch in range(cfg.update_epochs):
+                np.random.shuffle(b_inds)
+                for start in range(0, batch_size, minibatch_size):
+                    mb_inds = b_inds[start:start + minibatch_size]
+                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                        b_obs[mb_inds], b_masks[mb_inds], b_actions[mb_inds])
+                    logratio = newlogprob - b_logprobs[mb_inds]
+                    ratio = logratio.exp()
+                    with torch.no_grad():
+                        approx_kl = ((ratio - 1) - logratio).mean()
+                        clipfracs += [((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item()]
+
+                    mb_advantages = b_advantages[mb_inds]
+                    if cfg.norm_adv:
+                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                    pg_loss1 = -mb_advantages * ratio
+                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
+                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                    newvalue = newvalue.view(-1)
+                    if cfg.clip_vloss:
+                        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                        v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds],
+                                                                    -cfg.clip_coef, cfg.clip_coef)
+                        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+                    else:
+                        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                    entropy_loss = entropy.mean()
+                    loss = pg_loss - cfg.ent_coef * entropy_loss + v_loss * cfg.vf_coef
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+
+            rets = torch.cat(finished_returns)
+            row = {
+                "iteration": iteration,
+                "global_step": iteration * batch_size,
+                "episodes": int(rets.numel()),
+                "mean_return": float(rets.mean()) if rets.numel() else float("nan"),
+                "mean_calls": float(torch.cat(finished_calls).mean()) if rets.numel() else float("nan"),
+                "mean_final_p": float(torch.cat(finished_p).mean()) if rets.numel() else float("nan"),
+                "entropy": float(entropy_loss.detach()),
+                "approx_kl": float(approx_kl),
+                "clipfrac": float(np.mean(clipfracs)),
+                "value_loss": float(v_loss.detach()),
+                "policy_loss": float(pg_loss.detach()),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            history.append(row)
+            if log_fh:
+                log_fh.write(json.dumps(row) + "\n")
+    finally:
+        if log_fh:
+            log_fh.close()
+    return agent, history

@@ -1,0 +1,140 @@
+"""Answer parsers and each task's own metric.
+
+- yes/no (BoolQ): the first of yes / no / true / false in the text decides;
+  an answer that commits to neither is wrong.
+- span (HotpotQA): exact match and token F1 with the official normalisation
+  (lowercase, strip punctuation and the articles a/an/the, collapse spaces),
+  the best over the reference and its aliases.
+- number (GSM8K): the final number (after 'Answer:' / '####' / 'answer is' if
+  present, else the last number), commas, currency and units dropped, compared
+  numerically.
+- summary (XSum): ROUGE-L F-measure (rouge-score, stemmed).
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+
+TASK_METRIC = {"yes_no": "accuracy", "span": "f1", "number": "numeric_match", "summary": "rougeL"}
+
+_YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
+_ANSWER_TAG = re.compile(r"(?:final answer|answer|####|answer is)\s*[:：]?\s*", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def parse_yes_no(text: str) -> str:
+    """'yes', 'no', or '' when the text commits to neither."""
+    m = _YES_NO.search(text)
+    if not m:
+        return ""
+    word = m.group(1).lower()
+    return "yes" if word in ("yes", "true") else "no"
+
+
+def parse_span(text: str) -> str:
+    """The short answer: what follows the last 'Answer:' tag, else the first line, trimmed."""
+    text = text.strip()
+    tags = list(re.finditer(r"answer\s*[:：]\s*", text, re.IGNORECASE))
+    if tags:
+        text = text[tags[-1].end():]
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.strip().strip("*_`\"' ").rstrip(".").strip("*_`\"' ")
+
+
+def parse_number(text: str) -> str:
+    """The final number as a plain string ('' if none): '1,234.50 dollars' -> '1234.5'."""
+    tail = text
+    tags = list(_ANSWER_TAG.finditer(text))
+    if tags:
+        after = text[tags[-1].end():].strip().split("\n")[0]
+        nums = _NUMBER.findall(after)
+        if nums:  # the tagged line's last number: 'Answer: 3 * 4 = 12' -> 12
+            return _canon_number(nums[-1])
+    nums = _NUMBER.findall(tail)
+    return _canon_number(nums[-1]) if nums else ""
+
+
+def _canon_number(s: str) -> str:
+    s = s.replace(",", "")
+    try:
+        v = float(s)
+    except ValueError:
+        return ""
+    return str(int(v)) if v == int(v) else repr(v)
+
+
+def normalize_answer(s: str) -> str:
+    """HotpotQA / SQuAD official normalisation."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """Official HotpotQA F1 (yes/no/noanswer must match exactly)."""
+    p, g = normalize_answer(prediction), normalize_answer(gold)
+    special = ("yes", "no", "noanswer")
+    if (p in special or g in special) and p != g:
+        return 0.0
+    pt, gt = p.split(), g.split()
+    common = Counter(pt) & Counter(gt)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pt), same / len(gt)
+    return 2 * precision * recall / (precision + recall)
+
+
+_ROUGE = None
+
+
+def rouge_l(prediction: str, gold: str) -> float:
+    global _ROUGE
+    if _ROUGE is None:
+        from rouge_score import rouge_scorer
+
+        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return float(_ROUGE.score(gold, prediction)["rougeL"].fmeasure)
+
+
+def parse_answer(text: str, answer_type: str) -> str:
+    """The final answer a task metric reads from free text."""
+    if answer_type == "yes_no":
+        return parse_yes_no(text)
+    if answer_type == "span":
+        return parse_span(text)
+    if answer_type == "number":
+        return parse_number(text)
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    parsed: str
+    metric: str
+    score: float
+    exact_match: float | None = None
+
+
+def score_answer(answer: str, reference: str, answer_type: str, aliases: list[str] | None = None) -> TaskScore:
+    golds = [reference, *(aliases or [])]
+    if answer_type not in TASK_METRIC:
+        raise ValueError(f"unknown answer_type {answer_type!r}")
+    metric = TASK_METRIC[answer_type]
+    parsed = parse_answer(answer, answer_type)
+    if answer_type == "yes_no":
+        return TaskScore(parsed, metric, float(parsed != "" and parsed == reference.strip().lower()))
+    if answer_type == "span":
+        return TaskScore(parsed, metric, max(token_f1(parsed, g) for g in golds),
+                         max(exact_match(parsed, g) for g in golds))
+    if answer_type == "number":
+        gold = _canon_number(reference)
+        return TaskScore(parsed, metric, float(parsed != "" and parsed == gold))
+    return TaskScore(parsed, metric, max(rouge_l(parsed, g) for g in golds))

