@@ -95,17 +95,22 @@ def generate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt
         typer.echo(json.dumps(s))
 
 
-@app.command()
-def embed(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
-    """Embed every query and every node's answer with sentence-transformers (data/embeddings/)."""
-    from der_pipeline.signals.embed import embed as run
-
+def _per_dataset(params: Path, dataset: Optional[list[str]], run) -> None:
+    """Run a stage function over the chosen datasets, printing its JSON summary; clean errors."""
     p = _load(params)
     for ds in _datasets(p, dataset):
         try:
             typer.echo(json.dumps(run(p, ds)))
         except (FileNotFoundError, ValueError) as exc:
             _fail(exc)
+
+
+@app.command()
+def embed(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """Embed every query and every node's answer with sentence-transformers (data/embeddings/)."""
+    from der_pipeline.signals.embed import embed as run
+
+    _per_dataset(params, dataset, run)
 
 
 @app.command()
@@ -113,12 +118,7 @@ def score(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -
     """Score every node: the task metric, its parsed answer, and BERTScore F1 (data/scores/)."""
     from der_pipeline.signals.score import score as run
 
-    p = _load(params)
-    for ds in _datasets(p, dataset):
-        try:
-            typer.echo(json.dumps(run(p, ds)))
-        except (FileNotFoundError, ValueError) as exc:
-            _fail(exc)
+    _per_dataset(params, dataset, run)
 
 
 @app.command()

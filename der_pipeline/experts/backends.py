@@ -10,6 +10,7 @@ runs the prompts back to back so shared prefixes reuse the KV cache.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 import urllib.error
@@ -34,6 +35,12 @@ class Completion:
     completion_tokens: int
     latency_s: float
     finish_reason: str
+
+
+@functools.lru_cache(maxsize=None)
+def gguf_fingerprint(source: str) -> str:
+    """'sha256:<first 16 hex digits>' of an expert's model file."""
+    return f"sha256:{file_fingerprint(resolve_model_path(source))[:16]}"
 
 
 class Backend(ABC):
@@ -67,13 +74,9 @@ class LlamaCppBackend(Backend):
             raise BackendError("backend 'llamacpp' needs llama-cpp-python: pip install -e '.[llamacpp]' "
                                "(builds from source, a few minutes)") from None
         self._models: dict[str, object] = {}
-        self._fingerprints: dict[str, str] = {}
 
     def fingerprint(self, expert: ExpertSpec) -> str:
-        if expert.name not in self._fingerprints:
-            path = resolve_model_path(expert.source)
-            self._fingerprints[expert.name] = f"sha256:{file_fingerprint(path)[:16]}"
-        return self._fingerprints[expert.name]
+        return gguf_fingerprint(expert.source)
 
     def model(self, expert: ExpertSpec):
         if expert.name not in self._models:
@@ -179,7 +182,7 @@ class VLLMBackend(Backend):
         self._llms: dict[str, object] = {}
 
     def fingerprint(self, expert: ExpertSpec) -> str:
-        return f"sha256:{file_fingerprint(resolve_model_path(expert.source))[:16]}"
+        return gguf_fingerprint(expert.source)
 
     def generate(self, expert: ExpertSpec, prompts: list[Prompt]) -> Iterator[Completion]:
         from vllm import LLM, SamplingParams

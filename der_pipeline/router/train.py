@@ -72,6 +72,6 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
     summary = {"dataset": dataset, "train_queries": train.n_queries, "iterations": len(history),
                "final_mean_return": round(last.get("mean_return", float("nan")), 4),
                "final_mean_calls": round(last.get("mean_calls", float("nan")), 3),
-               "seconds": round(time.perf_counter() - t0, 2), "checkpoint": str(out / "policy.pt")}
+               "seconds": round(time.perf_counter() - t0, 2), "checkpoint": "policy.pt"}
     write_json(summary, out / "train_summary.json")
     return summary

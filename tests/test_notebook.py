@@ -1,0 +1,21 @@
+"""The walkthrough notebook still runs on the committed artifacts."""
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import REPO
+
+NB = REPO / "notebooks" / "walkthrough.ipynb"
+
+
+@pytest.mark.skipif(not (REPO / "results" / "boolq" / "table.md").exists(), reason="no committed results yet")
+def test_walkthrough_notebook_executes():
+    nb = nbformat.read(NB, as_version=4)
+    assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "the committed notebook has no outputs"
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(NB.parent)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
