@@ -28,6 +28,19 @@ def proposal_block(dataset: str) -> list[str]:
     return lines + [""]
 
 
+def tree_block(p: Params, dataset: str) -> list[str]:
+    """The scored tree itself: mean task score of every path (first expert x refining expert)."""
+    from der_pipeline.evaluate.inspect_tree import path_summary, render_matrix
+
+    try:
+        summary = path_summary(p, dataset)
+    except FileNotFoundError:
+        return []
+    return [f"Task score of every path of the {dataset} tree (all {int(summary['n'].max())} queries, both splits; "
+            "rows: first expert, columns: the expert that refines its answer):", "",
+            render_matrix(p, dataset, summary, "score"), ""]
+
+
 def results_section(p: Params, readme_dir: Path) -> str:
     results = p.path("results")
     parts = [START, ""]
@@ -46,6 +59,7 @@ def results_section(p: Params, readme_dir: Path) -> str:
         picks = ", ".join(f"{e} {s:.0%}" for e, s in zip(out["experts"], share))
         parts += [f"DER's first expert on the test split: {picks}.", ""]
         parts += proposal_block(out["dataset"])
+        parts += tree_block(p, out["dataset"])
     parts.append(END)
     return "\n".join(parts)
 

@@ -67,7 +67,7 @@ class Job:
         return join_path([self.parent.name, self.expert.name] if self.parent else [self.expert.name])
 
 
-class _Stop(Exception):
+class _Stop(KeyboardInterrupt):
     pass
 
 
