@@ -15,7 +15,7 @@ def test_repo_params_load_and_validate():
     assert len(p.experts) == 4
     assert p.generation.hops == 2
     assert p.reward.t_max == 2
-    assert set(p.data.active()) == {"boolq", "hotpotqa"}
+    assert set(p.data.datasets) == {"boolq", "hotpotqa", "gsm8k", "xsum"} and "boolq" in p.data.active()
 
 
 @pytest.mark.parametrize("mutate, key", [
