@@ -10,6 +10,7 @@ from der_pipeline.config import Params
 from der_pipeline.experts.backends import make_backend
 from der_pipeline.experts.prompts import build_prompt
 from der_pipeline.generate.run import call_cost
+from der_pipeline.router.env import build_obs
 from der_pipeline.router.train import load_policy, model_dir
 from der_pipeline.signals.embed import encode, query_text
 from der_pipeline.data.sources import ANSWER_TYPE
@@ -29,9 +30,8 @@ def ask(p: Params, dataset: str, question: str, context: str, echo: Callable[[st
     last, answer, cost, steps = None, "", 0.0, []
     try:
         for t in range(p.reward.t_max):
-            step = torch.nn.functional.one_hot(torch.tensor(min(t, 1)), 2).float()
-            last_oh = torch.nn.functional.one_hot(torch.tensor(n if last is None else last), n + 1).float()
-            obs = torch.cat([q_emb, last_emb, step, last_oh])[None]
+            obs = build_obs(q_emb[None], last_emb[None], torch.tensor([t]),
+                            torch.tensor([-1 if last is None else last]), n)
             mask = torch.ones(1, n + 1, dtype=torch.bool)
             mask[0, n] = t > 0
             with torch.no_grad():

@@ -41,6 +41,13 @@ def terminal_reward(cfg: RewardConfig, p_final: torch.Tensor, cost_sum: torch.Te
     return r - cfg.gamma * ((calls == cfg.t_max) & (p_final < cfg.p0)).float()
 
 
+def build_obs(q_emb: torch.Tensor, ans_emb: torch.Tensor, t: torch.Tensor, last: torch.Tensor, n: int) -> torch.Tensor:
+    """The state [emb(Q), emb(A_{t-1}), one-hot step, one-hot last expert (index n = none)], batched."""
+    step = torch.nn.functional.one_hot(t.clamp(max=1), 2).float()
+    last_oh = torch.nn.functional.one_hot(torch.where(last < 0, n, last), n + 1).float()
+    return torch.cat([q_emb, ans_emb, step, last_oh], dim=1)
+
+
 class TreeTensors:
     """The arrays as torch tensors, with the reward's P signal and normalised costs."""
 
@@ -104,9 +111,7 @@ class VectorTreeEnv:
         last = self.last.clamp(min=0)
         ans = torch.zeros(self.num_envs, d.dim)
         ans[at1] = d.a1_emb[self.q[at1], last[at1]]
-        step = torch.nn.functional.one_hot(self.t.clamp(max=1), 2).float()
-        last_oh = torch.nn.functional.one_hot(torch.where(self.last < 0, d.n, self.last), d.n + 1).float()
-        return torch.cat([d.q_emb[self.q], ans, step, last_oh], dim=1)
+        return build_obs(d.q_emb[self.q], ans, self.t, self.last, d.n)
 
     def action_mask(self) -> torch.Tensor:
         """True where an action is allowed: STOP never at t = 0."""
