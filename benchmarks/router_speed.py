@@ -43,7 +43,7 @@ def main() -> None:
     print(f"{ds}: {train.n_queries} train queries, {steps / (time.perf_counter() - t0):,.0f} env steps/s "
           f"(random legal actions, {env.num_envs} envs)")
     t0 = time.perf_counter()
-    _, history = train_ppo(train, p.reward, p.ppo)
+    _, history = train_ppo(train, p.reward, p.ppo, seed=p.seeds[0])
     print(f"full PPO train ({p.ppo.total_timesteps:,} steps, {len(history)} updates): {time.perf_counter() - t0:.1f} s")
 
 

@@ -11,14 +11,15 @@ from der_pipeline.experts.backends import make_backend
 from der_pipeline.experts.prompts import build_prompt
 from der_pipeline.generate.run import call_cost
 from der_pipeline.router.env import build_obs
-from der_pipeline.router.train import load_policy, model_dir
+from der_pipeline.router.train import load_policy, policy_path
 from der_pipeline.signals.embed import encode, query_text
 from der_pipeline.data.sources import ANSWER_TYPE
 from der_pipeline.signals.metrics import TASK_METRIC, parse_answer
 
 
 def ask(p: Params, dataset: str, question: str, context: str, echo: Callable[[str], None] = print) -> dict:
-    agent, ckpt = load_policy(model_dir(p, dataset) / "policy.pt")
+    agent, ckpt = load_policy(policy_path(p, dataset))
+    sees_answer = ckpt["ppo"].get("state", "query_answer") == "query_answer"
     names = ckpt["experts"]
     if names != p.expert_names():
         raise ValueError(f"the policy was trained for experts {names}; params.yaml has {p.expert_names()}")
@@ -48,7 +49,8 @@ def ask(p: Params, dataset: str, question: str, context: str, echo: Callable[[st
             out = next(iter(backend.generate(expert, [prompt])))
             cost += call_cost(expert, out.prompt_tokens, out.completion_tokens)
             answer, last = out.text, action
-            last_emb = torch.as_tensor(encode([answer], p)[0])
+            if sees_answer:
+                last_emb = torch.as_tensor(encode([answer], p)[0])
             steps.append({"expert": expert.name, "answer": answer, "latency_s": round(out.latency_s, 2)})
             echo(f"  -> {expert.name} ({out.latency_s:.1f} s): {answer!r}")
             echo(f"     cost so far {cost:.1f} GFLOPs")

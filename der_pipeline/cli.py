@@ -18,7 +18,7 @@ from der_pipeline.config import ConfigError, Params, load_params
 app = typer.Typer(
     help="Dynamic Ensemble Reasoning over small local LLMs: precompute every 2-hop expert path, "
          "score it, then train and evaluate a PPO router offline. Stages in order: "
-         "prepare -> generate -> embed -> score -> train -> evaluate (-> report).",
+         "prepare -> generate -> embed -> score -> train -> evaluate, curves, ablate, cross-task (-> report).",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (the single source of truth)")
@@ -123,22 +123,33 @@ def score(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -
 
 @app.command()
 def train(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
+          preset: Optional[str] = typer.Option(None, help="apply a named preset from params.yaml first (e.g. der-paper)"),
           alpha: Optional[float] = typer.Option(None, help="cost weight a in the reward"),
           beta: Optional[float] = typer.Option(None, help="weight b of the improvement P(y_t) - P(y_t-1)"),
           gamma: Optional[float] = typer.Option(None, help="bonus/penalty g around the threshold p0"),
           p0: Optional[float] = typer.Option(None, help="quality threshold p0"),
           signal: Optional[str] = typer.Option(None, help="P signal: task | bertscore | mix"),
           form: Optional[str] = typer.Option(None, help="reward form: per_step (the proposal) | terminal"),
+          state: Optional[str] = typer.Option(None, help="what the policy sees: query_answer | query"),
           total_timesteps: Optional[int] = typer.Option(None, help="PPO environment steps"),
-          seed: Optional[int] = typer.Option(None, help="PPO seed"),
+          seed: Optional[int] = typer.Option(None, help="train this one PPO seed instead of params' seeds"),
           out: Optional[Path] = typer.Option(None, help="checkpoint folder (default: <models>/<dataset>)")) -> None:
-    """Train the PPO router on the train split of the cached tree (seconds, no LLM). Writes models/<dataset>/."""
+    """Train the PPO router on the train split of the cached tree (seconds per seed, no LLM).
+
+    Writes <models>/<dataset>/seed-<s>/{policy.pt, train_log.jsonl, training_curve.png} for every seed.
+    """
+    import dataclasses
+
     from der_pipeline.router.train import train_dataset
 
     p = _load(params)
     try:
+        if preset:
+            p = p.with_preset(preset)
         p = p.with_overrides("reward", alpha=alpha, beta=beta, gamma=gamma, p0=p0, signal=signal, form=form)
-        p = p.with_overrides("ppo", total_timesteps=total_timesteps, seed=seed)
+        p = p.with_overrides("ppo", total_timesteps=total_timesteps, state=state)
+        if seed is not None:
+            p = dataclasses.replace(p, seeds=[seed])
     except ConfigError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
@@ -150,18 +161,51 @@ def train(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
         typer.echo(json.dumps(summary))
 
 
-@app.command()
-def evaluate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
-    """Evaluate the DER agent and every baseline on the held-out test split: tables, metrics JSON, plots (results/)."""
-    from der_pipeline.evaluate.run import evaluate as run
-
+def _tables(params: Path, dataset: Optional[list[str]], run) -> None:
     p = _load(params)
     try:
         tables = run(p, _datasets(p, dataset))
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ConfigError) as exc:
         _fail(exc)
     for ds, md in tables.items():
         typer.echo(f"\n## {ds}\n\n{md}")
+
+
+@app.command()
+def evaluate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """Every method on the held-out test split, DER and the MLP router averaged over seeds, with paired
+    bootstrap tests of DER's claims (results/evaluate/, metrics/metrics.json)."""
+    from der_pipeline.evaluate.run import evaluate as run
+
+    _tables(params, dataset, run)
+
+
+@app.command()
+def curves(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """Accuracy against cost over the alpha sweep, with AIQ, APGR and CPT per method (results/curves/)."""
+    from der_pipeline.evaluate.curves import curves as run
+
+    _tables(params, dataset, run)
+
+
+@app.command()
+def ablate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """DER retrained with one change at a time: P signal, reward form / preset, state (results/ablate/)."""
+    from der_pipeline.evaluate.ablate import ablate as run
+
+    _tables(params, dataset, run)
+
+
+@app.command("cross-task")
+def cross_task(params: Path = ParamsOpt) -> None:
+    """One DER policy for the mixture of evaluate.cross_task datasets, against per-task policies (results/cross_task/)."""
+    from der_pipeline.evaluate.cross_task import cross_task as run
+
+    p = _load(params)
+    try:
+        typer.echo(run(p))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -210,15 +254,18 @@ def ask(question: str = typer.Argument(..., help="the question to answer"),
 
 
 @app.command()
-def demo(sample: int = typer.Option(4, help="BoolQ queries to run through the whole chain"),
-         workdir: Path = typer.Option(Path("runs/demo"), help="where the demo's data, models and results go"),
+def demo(rerun: bool = typer.Option(False, "--rerun", help="rerun the whole chain with the real experts on a small "
+                                                            "BoolQ sample (minutes) instead of showing committed results"),
+         sample: int = typer.Option(8, help="with --rerun: BoolQ queries to run through the whole chain"),
+         workdir: Path = typer.Option(Path("runs/demo"), help="with --rerun: where its data, models and results go"),
          params: Path = ParamsOpt) -> None:
-    """The whole chain on a small BoolQ sample with the real default experts, ending in a results table."""
-    from der_pipeline.demo import run_demo
+    """Show the committed results tables (seconds); with --rerun, run prepare -> ... -> evaluate on a small
+    BoolQ sample with the real default experts and end with its results table."""
+    from der_pipeline.demo import committed_results, run_demo
 
     p = _load(params)
     try:
-        md = run_demo(p, sample=sample, workdir=workdir)
+        md = run_demo(p, sample=sample, workdir=workdir) if rerun else committed_results(p)
     except Exception as exc:  # noqa: BLE001 - surface any failure as a clean message
         _fail(exc)
     typer.echo(md)

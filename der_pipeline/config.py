@@ -120,6 +120,7 @@ class RewardConfig:
     signal: Literal["task", "bertscore", "mix"] = "task"
     mix_weight: float = 0.5
     form: Literal["per_step", "terminal"] = "per_step"
+    cost: Literal["flops", "params"] = "flops"  # flops: GFLOPs / priciest expert's mean call; params: params_b / 1000
     alpha: float = 0.1
     beta: float = 0.5
     gamma: float = 0.5
@@ -134,7 +135,7 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class PPOConfig:
-    seed: int = 1
+    state: Literal["query_answer", "query"] = "query_answer"  # what the policy sees besides step and last expert
     total_timesteps: int = 150_000
     num_envs: int = 256
     num_steps: int = 8
@@ -151,8 +152,12 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     hidden: int = 64
+    val_fraction: float = 0.0  # share of the train split held out to pick the best iteration (0 = keep the last)
+    eval_every: int = 2  # iterations between validation checks
 
     def validate(self, key: str) -> None:
+        _check(0.0 <= self.val_fraction < 0.9, f"{key}.val_fraction", "a number in [0, 0.9)")
+        _check(self.eval_every >= 1, f"{key}.eval_every", "an integer >= 1")
         _check(self.total_timesteps >= self.num_envs * self.num_steps, f"{key}.total_timesteps",
                "at least num_envs * num_steps")
         _check((self.num_envs * self.num_steps) % self.num_minibatches == 0, f"{key}.num_minibatches",
@@ -161,17 +166,33 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
+class AblationConfig:
+    signal: list[str] = field(default_factory=lambda: ["task", "bertscore", "mix"])
+    reward: list[str] = field(default_factory=lambda: ["per_step", "terminal"])  # a form or a preset name
+    state: list[str] = field(default_factory=lambda: ["query_answer", "query"])
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     round_robin_order: list[str] = field(default_factory=list)
     bootstrap: int = 1000
     knn_k: int = 15
+    mlp_epochs: int = 300  # supervised MLP router: full-batch epochs
     alpha_sweep: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2])
-    compare_forms: list[str] = field(default_factory=lambda: ["per_step", "terminal"])
+    ablations: AblationConfig = field(default_factory=AblationConfig)
+    cross_task: list[str] = field(default_factory=list)  # datasets mixed for one policy ([] = skip)
 
     def validate(self, key: str) -> None:
         _check(self.knn_k >= 1, f"{key}.knn_k", "an integer >= 1")
-        for f in self.compare_forms:
-            _check(f in ("per_step", "terminal"), f"{key}.compare_forms", "a list of 'per_step' / 'terminal'")
+        _check(self.mlp_epochs >= 1, f"{key}.mlp_epochs", "an integer >= 1")
+        _check(len(self.alpha_sweep) >= 1 and all(a >= 0 for a in self.alpha_sweep), f"{key}.alpha_sweep",
+               "a non-empty list of numbers >= 0")
+        for s in self.ablations.signal:
+            _check(s in ("task", "bertscore", "mix"), f"{key}.ablations.signal", "a list of task / bertscore / mix")
+        for s in self.ablations.state:
+            _check(s in ("query_answer", "query"), f"{key}.ablations.state", "a list of query_answer / query")
+        for d in self.cross_task:
+            _check(d in DATASETS, f"{key}.cross_task", f"a list of datasets from {list(DATASETS)}")
 
 
 @dataclass(frozen=True)
@@ -184,6 +205,8 @@ class Params:
     reward: RewardConfig
     ppo: PPOConfig
     evaluate: EvaluateConfig
+    seeds: list[int] = field(default_factory=lambda: [1])  # PPO / supervised-router seeds; results average them
+    presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # name -> section -> key: value
     root: Path = Path(".")  # the folder relative paths resolve against (not a YAML key)
 
     def validate(self) -> None:
@@ -197,10 +220,39 @@ class Params:
         self.reward.validate("reward")
         self.ppo.validate("ppo")
         self.evaluate.validate("evaluate")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
+               "a non-empty list of distinct integers")
+        for name in self.presets:
+            self.with_preset(name)  # each preset must apply cleanly: its bad key is named
+        for r in self.evaluate.ablations.reward:
+            _check(r in ("per_step", "terminal") or r in self.presets, "evaluate.ablations.reward",
+                   f"a list of per_step / terminal / preset names {sorted(self.presets)}")
         for n in self.evaluate.round_robin_order:
             _check(n in names, "evaluate.round_robin_order", f"names from experts: {names}")
         _check(len(self.evaluate.round_robin_order) == 2, "evaluate.round_robin_order",
                "exactly two expert names (one per hop)")
+
+    def with_preset(self, name: str) -> "Params":
+        """A copy with a named preset (params.yaml ``presets``) applied on top."""
+        if name not in self.presets:
+            raise ConfigError(f"params: no preset {name!r} under 'presets'; known: {sorted(self.presets)}")
+        new = self
+        for section, values in self.presets[name].items():
+            if section not in ("reward", "ppo", "signals", "evaluate"):
+                raise ConfigError(f"params: bad key 'presets.{name}.{section}': expected reward, ppo, signals or evaluate")
+            if not isinstance(values, dict):
+                raise ConfigError(f"params: 'presets.{name}.{section}' must be a mapping")
+            raw = dataclasses.asdict(getattr(new, section))
+            unknown = sorted(set(values) - set(raw))
+            if unknown:
+                raise ConfigError(f"params: unknown key 'presets.{name}.{section}.{unknown[0]}'; "
+                                  f"allowed keys: {sorted(raw)}")
+            raw.update(values)
+            built = _build(type(getattr(new, section)), raw, f"presets.{name}.{section}")
+            if hasattr(built, "validate"):
+                built.validate(f"presets.{name}.{section}")
+            new = dataclasses.replace(new, **{section: built})
+        return new
 
     # resolved folders -------------------------------------------------
     def path(self, which: str) -> Path:

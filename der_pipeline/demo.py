@@ -1,4 +1,5 @@
-"""`der-pipeline demo`: the whole chain on a small BoolQ sample with the real experts, in its own folder."""
+"""`der-pipeline demo`: the committed results at once, or (``--rerun``) the whole chain on a small BoolQ sample
+with the real experts, in its own folder."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,7 @@ def demo_params(p: Params, sample: int, workdir: Path) -> Params:
     data = dataclasses.replace(p.data, test_fraction=0.5, datasets={"boolq": DatasetSpec(sample=sample)})
     ppo = dataclasses.replace(p.ppo, total_timesteps=20_480)
     ev = dataclasses.replace(p.evaluate, alpha_sweep=[0.0, 0.1, 0.4], bootstrap=200)
-    new = dataclasses.replace(p, paths=paths, data=data, ppo=ppo, evaluate=ev)
+    new = dataclasses.replace(p, paths=paths, data=data, ppo=ppo, evaluate=ev, seeds=p.seeds[:1])
     new.validate()
     return new
 
@@ -42,3 +43,17 @@ def run_demo(p: Params, sample: int, workdir: Path) -> str:
         log.info("demo: %s", name)
         out = fn()
     return f"## boolq demo ({sample} queries, real experts; outputs in {workdir})\n\n{out['boolq']}"
+
+
+def committed_results(p: Params) -> str:
+    """The committed result tables (results/evaluate/*/table.md and the cross-task table), as they are."""
+    from der_pipeline.evaluate.common import results_dir
+
+    tables = sorted(results_dir(p, "evaluate").glob("*/table.md"))
+    cross = results_dir(p, "cross_task") / "table.md"
+    if cross.exists():
+        tables.append(cross)
+    if not tables:
+        raise FileNotFoundError(f"no committed results under {results_dir(p, 'evaluate')}: run `dvc repro`, "
+                                "or `der-pipeline demo --rerun` for a small real run")
+    return "\n\n".join(f"## {t.parent.name} (committed: {t.as_posix()})\n\n{t.read_text().strip()}" for t in tables)

@@ -34,16 +34,21 @@ CELLS = [
     ("md", "## 4. BERTScore rewards wrong yes/no answers\nThe task metric and BERTScore of the same nodes, split by whether the answer was right."),
     ("code", "from der_pipeline.signals.score import load_scores\ns = pl.from_arrow(load_scores(p, 'boolq'))\n"
              "s.group_by('task_score').agg(pl.len(), pl.col('bertscore_f1').mean().alias('mean BERTScore F1')).sort('task_score')"),
-    ("md", "## 5. Train a router on the cached tree\nHand-written PPO (cleanrl style) on the train split; seconds on a CPU."),
-    ("code", "import dataclasses\nfrom der_pipeline.router.arrays import build_arrays, split_arrays, cost_scale\n"
+    ("md", "## 5. Train a router on the cached tree\nHand-written PPO (cleanrl style) on the train split, keeping the "
+           "iteration with the best return on a validation fold of the train split; seconds on a CPU."),
+    ("code", "import dataclasses\nfrom der_pipeline.evaluate.common import load_split, summarize, public\n"
              "from der_pipeline.router.ppo import train_ppo\nfrom der_pipeline.router.methods import PolicyRouter\n"
-             "from der_pipeline.evaluate.run import method_metrics\n"
-             "arrays, splits = build_arrays(p, 'boolq')\ntrain, test = split_arrays(arrays, splits)\n"
-             "scale = cost_scale(train)\nagent, hist = train_ppo(train, p.reward, dataclasses.replace(p.ppo, total_timesteps=40960), scale=scale)\n"
-             "method_metrics(PolicyRouter(agent, scale).route(test), test, scale, p)"),
-    ("md", "## 6. The committed results\nProduced by `dvc repro` (the evaluate stage); the README's results section is written from the same files."),
-    ("code", "print(open('results/boolq/table.md').read())"),
-    ("code", "from IPython.display import Image\nImage('results/boolq/cost_accuracy.png')"),
+             "split = load_split(p, 'boolq')\n"
+             "agent, hist = train_ppo(split.train, p.reward, dataclasses.replace(p.ppo, total_timesteps=40960), seed=1, scale=split.scale)\n"
+             "print('kept iteration', hist[-1].get('selected_iteration'), 'of', len(hist))\n"
+             "public(summarize([PolicyRouter(agent, split.scale).route(split.test)], split.test, split.scale, p))"),
+    ("md", "## 6. The committed results\nProduced by `dvc repro` (the evaluate, curves, ablate and cross_task stages); "
+           "the README's results section is written from the same files."),
+    ("code", "print(open('results/evaluate/boolq/table.md').read())"),
+    ("code", "from IPython.display import Image\nImage('results/curves/boolq/cost_accuracy.png')"),
+    ("code", "Markdown(open('results/curves/boolq/frontier.md').read())"),
+    ("code", "Markdown(open('results/ablate/boolq/ablations.md').read())"),
+    ("code", "Markdown(open('results/cross_task/table.md').read())"),
 ]
 
 

@@ -28,6 +28,11 @@ def test_repo_params_load_and_validate():
     (lambda r: r["generation"].update(hops=3), "generation.hops"),
     (lambda r: r["evaluate"].update(round_robin_order=["nobody", "gemma3-270m"]), "evaluate.round_robin_order"),
     (lambda r: r.pop("ppo"), "ppo"),
+    (lambda r: r.update(seeds=[1, 1]), "seeds"),
+    (lambda r: r["presets"]["der-paper"]["reward"].update(beta="five"), "presets.der-paper.reward.beta"),
+    (lambda r: r["presets"]["der-paper"]["reward"].update(tau=1), "presets.der-paper.reward.tau"),
+    (lambda r: r["evaluate"]["ablations"].update(reward=["per_step", "nope"]), "evaluate.ablations.reward"),
+    (lambda r: r["ppo"].update(state="answer"), "ppo.state"),
 ])
 def test_bad_params_name_the_key(mutate, key):
     r = raw()
@@ -47,3 +52,14 @@ def test_overrides_are_validated():
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="no params file"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_der_paper_preset_loads_with_the_public_code_settings():
+    p = load_params(REPO / "params.yaml")
+    d = p.with_preset("der-paper")
+    r = d.reward
+    assert (r.signal, r.form, r.beta, r.gamma, r.p0, r.cost, r.alpha) == ("bertscore", "per_step", 5.0, 2.0, 0.73,
+                                                                          "params", 1.0)
+    assert d.ppo == p.ppo and d.experts == p.experts  # only the reward changes
+    with pytest.raises(ConfigError, match="no preset 'nope'"):
+        p.with_preset("nope")

@@ -1,7 +1,7 @@
-"""The whole chain through real DVC, with the real packaged experts on a tiny BoolQ sample.
+"""The whole chain through real DVC, with the real packaged experts on tiny BoolQ and HotpotQA samples.
 
 One session-scoped project is built with `dvc repro` (prepare -> generate -> embed -> score ->
-train -> evaluate); the tests then check each stage's artifacts.
+train -> evaluate, curves, ablate, cross_task); the tests then check each stage's artifacts.
 """
 import json
 import os
@@ -24,15 +24,20 @@ from conftest import make_project
 
 pytestmark = pytest.mark.slow
 N_QUERIES = 4
+N_HOTPOT = 2  # one train and one test query (the split is a hash of the id)
+SEEDS = [1, 2]
 
 
 def small_params(raw):
-    raw["data"]["datasets"] = {"boolq": {"sample": N_QUERIES}, "hotpotqa": {"sample": 0},
+    raw["data"]["datasets"] = {"boolq": {"sample": N_QUERIES}, "hotpotqa": {"sample": N_HOTPOT},
                                "gsm8k": {"sample": 0}, "xsum": {"sample": 0}}
     raw["data"]["test_fraction"] = 0.5
     raw["ppo"]["total_timesteps"] = 8192
+    raw["ppo"]["eval_every"] = 1
+    raw["seeds"] = SEEDS
     raw["evaluate"]["alpha_sweep"] = [0.0, 0.4]
     raw["evaluate"]["bootstrap"] = 100
+    raw["evaluate"]["mlp_epochs"] = 50
 
 
 def venv_env():
@@ -64,6 +69,9 @@ def test_dvc_repro_builds_the_full_20_node_tree_with_real_experts(project):
     # the 1.5B is the priciest per call
     costs = {e: np.mean(tree.filter(pc.equal(tree["expert"], e))["cost"].to_numpy()) for e in names}
     assert max(costs, key=costs.get) == "qwen2.5-coder-1.5b"
+    hotpot = TreeStore(project / "data" / "tree" / "hotpotqa").read()
+    assert hotpot.num_rows == N_HOTPOT * 20
+    assert all(0 < t <= 24 for t in hotpot["completion_tokens"].to_pylist())  # generation.max_tokens.span
 
 
 def test_dvc_status_is_clean_after_repro(project):
@@ -84,19 +92,54 @@ def test_embeddings_and_scores_have_a_row_per_node(project):
 
 
 def test_train_and_evaluate_outputs(project):
-    log = (project / "models" / "boolq" / "train_log.jsonl").read_text().splitlines()
-    assert len(log) == 4 and {"mean_return", "entropy", "approx_kl", "clipfrac"} <= set(json.loads(log[0]))
-    assert (project / "models" / "boolq" / "training_curve.png").stat().st_size > 1000
-    m = json.loads((project / "results" / "boolq" / "metrics.json").read_text())
-    assert m["test_queries"] + m["train_queries"] == N_QUERIES
+    for seed in SEEDS:
+        log = (project / "models" / "boolq" / f"seed-{seed}" / "train_log.jsonl").read_text().splitlines()
+        assert len(log) == 4 and {"mean_return", "entropy", "approx_kl", "clipfrac"} <= set(json.loads(log[0]))
+        assert (project / "models" / "boolq" / f"seed-{seed}" / "training_curve.png").stat().st_size > 1000
+    m = json.loads((project / "results" / "evaluate" / "boolq" / "metrics.json").read_text())
+    assert m["test_queries"] + m["train_queries"] == N_QUERIES and m["seeds"] == SEEDS
     for name, row in m["methods"].items():
         assert 0.0 <= row["accuracy"] <= 1.0 and 1.0 <= row["calls"] <= 2.0, name
+        assert row["ci_low"] <= row["accuracy"] + 1e-9 and row["accuracy"] <= row["ci_high"] + 1e-9, name
+    assert m["methods"][m["der_method"]]["seeds"] == 2 and m["methods"]["supervised router (MLP)"]["seeds"] == 2
     assert m["methods"]["oracle (upper bound)"]["accuracy"] >= max(
         r["accuracy"] for n, r in m["methods"].items() if "oracle" not in n) - 1e-9
+    assert {c["b_is"] for c in m["comparisons"]} >= {"", "the supervised MLP router"}
+    assert all(0 < c["p_value"] <= 1 for c in m["comparisons"])
     assert json.loads((project / "metrics" / "metrics.json").read_text())["boolq"]["test_queries"] == m["test_queries"]
     proc = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=project, env=venv_env(),
                           capture_output=True, text=True)
     assert "der_accuracy" in proc.stdout
+
+
+def test_curves_ablations_and_cross_task_outputs(project):
+    f = json.loads((project / "results" / "curves" / "boolq" / "frontier.json").read_text())
+    der = f["methods"]["DER"]
+    assert len(der["points"]) == 2 and 0.0 <= der["aiq"] <= 1.0 and "aiq_std" in der
+    assert f["strong"].startswith("single: ") and f["weak"].startswith("single: ")
+    assert (project / "results" / "curves" / "boolq" / "cost_accuracy.png").stat().st_size > 5000
+    a = json.loads((project / "results" / "ablate" / "hotpotqa" / "ablations.json").read_text())
+    assert [r["setting"] for r in a["tables"]["reward"]] == ["per_step", "terminal", "der-paper"]
+    assert [r["setting"] for r in a["tables"]["state"]] == ["query_answer", "query"]
+    assert sum(r["is_default"] for r in a["tables"]["signal"]) == 1
+    c = json.loads((project / "results" / "cross_task" / "metrics.json").read_text())
+    assert c["datasets"] == ["boolq", "hotpotqa"]
+    mixed = c["methods"]["DER, one policy for all tasks"]
+    assert set(mixed) == {"boolq", "hotpotqa", "all"} and mixed["boolq"]["seeds"] == 2
+    assert abs(sum(mixed["hotpotqa"]["first_expert_share"]) - 1.0) < 1e-2
+
+
+def test_cli_train_with_the_der_paper_preset(project, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "train", "--preset", "der-paper", "--seed", "3",
+                           "--dataset", "boolq", "--total-timesteps", "4096", "--out", str(tmp_path)],
+                          cwd=project, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    import torch
+
+    ckpt = torch.load(tmp_path / "boolq" / "seed-3" / "policy.pt", weights_only=False)
+    assert ckpt["seed"] == 3
+    assert (ckpt["reward"]["signal"], ckpt["reward"]["beta"], ckpt["reward"]["p0"]) == ("bertscore", 5.0, 0.73)
+    assert not (tmp_path / "boolq" / "seed-1").exists()
 
 
 def test_cli_train_alpha_override_writes_a_checkpoint(project, tmp_path):
@@ -106,8 +149,10 @@ def test_cli_train_alpha_override_writes_a_checkpoint(project, tmp_path):
     assert proc.returncode == 0, proc.stderr
     import torch
 
-    ckpt = torch.load(tmp_path / "boolq" / "policy.pt", weights_only=False)
-    assert ckpt["reward"]["alpha"] == 0.3
+    for ds in ("boolq", "hotpotqa"):
+        for seed in SEEDS:
+            ckpt = torch.load(tmp_path / ds / f"seed-{seed}" / "policy.pt", weights_only=False)
+            assert ckpt["reward"]["alpha"] == 0.3 and ckpt["seed"] == seed
 
 
 def test_dvc_dag_shows_stages_in_order(project):
@@ -115,7 +160,8 @@ def test_dvc_dag_shows_stages_in_order(project):
     edges = set(re.findall(r'"(\w+)" -> "(\w+)"', proc.stdout))
     chain = ["prepare", "generate", "embed", "train", "evaluate"]
     assert set(zip(chain, chain[1:])) <= edges, proc.stdout
-    assert {("generate", "score"), ("score", "train")} <= edges
+    assert {("generate", "score"), ("score", "train"), ("train", "curves"), ("train", "ablate"),
+            ("train", "cross_task")} <= edges
 
 
 def test_ask_runs_the_trained_policy_live(project):
@@ -130,17 +176,19 @@ def test_ask_runs_the_trained_policy_live(project):
 
 def test_report_writes_the_readme_section_from_metrics(project):
     readme = project / "README.md"
-    readme.write_text("# x\n\n<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->\nold\n"
+    readme.write_text("# x\n\n<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->\nSTALE-PLACEHOLDER\n"
                       "<!-- results:end -->\n\ntail\n")
     check = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "report", "--check"], cwd=project,
                            capture_output=True, text=True)
     assert check.returncode == 1
     subprocess.run([sys.executable, "-m", "der_pipeline.cli", "report"], cwd=project, check=True, capture_output=True)
     text = readme.read_text()
-    m = json.loads((project / "results" / "boolq" / "metrics.json").read_text())
+    m = json.loads((project / "results" / "evaluate" / "boolq" / "metrics.json").read_text())
     der = m["methods"][m["der_method"]]
-    assert f"{der['accuracy']:.3f}" in text and "old" not in text and text.endswith("tail\n")
+    assert f"{der['accuracy']:.3f}" in text and "STALE-PLACEHOLDER" not in text and text.endswith("tail\n")
     assert "89.6%" in text  # the proposal's table beside ours
+    assert "| Method | AIQ | APGR | CPT(50%) | CPT(80%) |" in text and "P signal" in text
+    assert "One router across tasks" in text and "hotpotqa" in text
     check = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "report", "--check"], cwd=project,
                            capture_output=True, text=True)
     assert check.returncode == 0

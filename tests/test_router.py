@@ -8,7 +8,8 @@ import torch
 from der_pipeline.config import PPOConfig, RewardConfig
 from der_pipeline.router.arrays import cost_scale
 from der_pipeline.router.env import TreeEnv, VectorTreeEnv
-from der_pipeline.router.methods import FixedPath, KNNRouter, Oracle, PolicyRouter, RandomRouter, SelfCorrectionBest
+from der_pipeline.router.methods import (FixedPath, KNNRouter, MLPRouter, Oracle, PolicyRouter, RandomRouter,
+                                        SelfCorrectionBest)
 from der_pipeline.router.ppo import train_ppo
 
 from conftest import synthetic_tree
@@ -125,8 +126,8 @@ def test_gymnasium_api():
 def test_ppo_learns_to_pick_the_right_cheap_expert_and_stop():
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)  # expert 0: always right and cheapest
     cfg = RewardConfig(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5, t_max=2)
-    ppo = PPOConfig(seed=1, total_timesteps=40_960, num_envs=128, num_steps=8)
-    agent, history = train_ppo(t, cfg, ppo)
+    ppo = PPOConfig(total_timesteps=40_960, num_envs=128, num_steps=8)
+    agent, history = train_ppo(t, cfg, ppo, seed=1)
     scale = cost_scale(t)
     w = PolicyRouter(agent, scale).route(t)
     # path 0 = expert 0 alone (1 call). Per-step reward makes a 2nd call to expert 0 worth it too,
@@ -139,7 +140,7 @@ def test_ppo_learns_to_pick_the_right_cheap_expert_and_stop():
 def test_ppo_terminal_form_learns_to_stop():
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)
     cfg = RewardConfig(signal="task", form="terminal", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5, t_max=2)
-    agent, _ = train_ppo(t, cfg, PPOConfig(seed=2, total_timesteps=40_960, num_envs=128, num_steps=8))
+    agent, _ = train_ppo(t, cfg, PPOConfig(total_timesteps=40_960, num_envs=128, num_steps=8), seed=2)
     w = PolicyRouter(agent, cost_scale(t)).route(t)
     assert w[:, 0].mean() > 0.9  # expert 0, then STOP: one call
     rand = RandomRouter().route(t)
@@ -175,3 +176,76 @@ def test_knn_router_picks_by_predicted_quality_minus_cost(repo_params):
     assert w[:, 2].mean() == 1.0
     w = KNNRouter(alpha=10.0).fit(t, p).route(t)  # cost dominates: the cheapest expert
     assert w[:, 0].mean() == 1.0
+
+
+def test_mlp_router_learns_the_right_expert_and_is_seeded(repo_params):
+    t = synthetic_tree(n_queries=30, n_experts=3, good=2)
+    w = MLPRouter(alpha=0.0, seed=1).fit(t, repo_params).route(t)
+    assert w[:, 2].mean() == 1.0
+    a = MLPRouter(seed=3).fit(t, repo_params).predict(t)
+    assert np.array_equal(a, MLPRouter(seed=3).fit(t, repo_params).predict(t))
+    assert not np.array_equal(a, MLPRouter(seed=4).fit(t, repo_params).predict(t))
+    w = MLPRouter(alpha=10.0, seed=1).fit(t, repo_params).route(t)  # cost dominates: the cheapest expert
+    assert w[:, 0].mean() == 1.0
+
+
+def test_query_state_hides_the_answer_but_keeps_step_and_expert():
+    t = tiny()
+    full = VectorTreeEnv(t, CFG, num_envs=2, autoreset=False)
+    blind = VectorTreeEnv(t, CFG, num_envs=2, autoreset=False, state="query")
+    for env in (full, blind):
+        env.reset(torch.tensor([0, 1]))
+    o_full, *_ = full.step(torch.tensor([1, 0]))
+    o_blind, *_ = blind.step(torch.tensor([1, 0]))
+    d = t.q_emb.shape[1]
+    assert torch.equal(o_full[:, :d], o_blind[:, :d])
+    assert torch.equal(o_full[:, 2 * d:], o_blind[:, 2 * d:])  # step and last expert one-hots
+    assert torch.equal(o_blind[:, d:2 * d], torch.zeros(2, d))
+    assert torch.allclose(o_full[0, d:2 * d], torch.as_tensor(t.a1_emb[0, 1]))
+
+
+def test_params_cost_unit_is_parameters_in_billions_over_1000():
+    t = tiny()
+    t.params_b = (0.5, 1.5)
+    cfg = dataclasses.replace(CFG, cost="params", alpha=1.0, gamma=0.0)
+    env = VectorTreeEnv(t, cfg, num_envs=1, autoreset=False)
+    env.reset(torch.tensor([0]))
+    _, _, r, _, _ = env.step(torch.tensor([1]))
+    assert r.item() == pytest.approx(0.9 - 1.5 / 1000)
+
+
+def test_der_paper_preset_trains_and_learns_the_expert_bertscore_favours(repo_params):
+    t = synthetic_tree(n_queries=64, n_experts=3, good=1)  # BERTScore 0.9 for expert 1's answers, 0.4 otherwise
+    t.params_b = (0.1, 0.3, 1.5)
+    p = repo_params.with_preset("der-paper")
+    agent, history = train_ppo(t, p.reward, dataclasses.replace(p.ppo, total_timesteps=40_960, num_envs=128), seed=1)
+    assert np.isfinite(history[-1]["mean_return"])
+    w = PolicyRouter(agent, cost_scale(t)).route(t)
+    first_is_1 = w[:, 1] + w[:, 3 + 3:3 + 6].sum(axis=1)
+    assert first_is_1.mean() > 0.9
+
+
+def test_validation_fold_is_a_fixed_disjoint_part_of_the_train_split():
+    from der_pipeline.router.ppo import validation_fold
+
+    t = synthetic_tree(n_queries=200, n_experts=3)
+    fit, val = validation_fold(t, 0.25)
+    assert set(fit.qids).isdisjoint(val.qids) and len(fit.qids) + len(val.qids) == 200
+    assert 30 < len(val.qids) < 70
+    assert validation_fold(t, 0.25)[1].qids == val.qids  # the same fold every time (a hash of the id)
+    assert validation_fold(t, 0.0) == (t, None)
+
+
+def test_ppo_keeps_the_iteration_with_the_best_validation_return():
+    from der_pipeline.router.ppo import greedy_return, validation_fold
+
+    t = synthetic_tree(n_queries=64, n_experts=3, good=0)
+    cfg = RewardConfig(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5, t_max=2)
+    ppo = PPOConfig(total_timesteps=40_960, num_envs=128, num_steps=8, val_fraction=0.25, eval_every=2)
+    agent, history = train_ppo(t, cfg, ppo, seed=1)
+    checked = [h["val_return"] for h in history if "val_return" in h]
+    assert len(checked) == len(history) // 2 + (len(history) % 2)
+    kept = history[-1]["selected_iteration"]
+    assert history[kept - 1]["val_return"] == max(checked) == history[-1]["best_val_return"]
+    _, val = validation_fold(t, 0.25)
+    assert greedy_return(agent, val, cfg, cost_scale(t), "query_answer") == pytest.approx(max(checked))

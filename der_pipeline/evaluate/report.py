@@ -1,11 +1,11 @@
-"""`der-pipeline report`: the README's results section, regenerated from results/*/metrics.json only."""
+"""`der-pipeline report`: the README's results section, regenerated from the JSON files under results/ only."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from der_pipeline.config import Params
-from der_pipeline.evaluate.run import render_table
+from der_pipeline.evaluate.run import render_comparisons, render_table
 
 START = "<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->"
 END = "<!-- results:end -->"
@@ -41,25 +41,50 @@ def tree_block(p: Params, dataset: str) -> list[str]:
             render_matrix(p, dataset, summary, "score"), ""]
 
 
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def results_section(p: Params, readme_dir: Path) -> str:
-    results = p.path("results")
+    from der_pipeline.evaluate.ablate import render_ablations
+    from der_pipeline.evaluate.common import results_dir
+    from der_pipeline.evaluate.cross_task import render as render_cross_task
+    from der_pipeline.evaluate.curves import render_frontier
+
     parts = [START, ""]
-    found = sorted(results.glob("*/metrics.json")) if results.exists() else []
+    base = results_dir(p, "evaluate")
+    found = sorted(base.glob("*/metrics.json")) if base.exists() else []
     if not found:
         parts.append("No results yet: run `dvc repro` (or `der-pipeline evaluate`).")
+    else:
+        parts += ["Every number below is read from the files under `results/` by `der-pipeline report`; "
+                  "`dvc repro` rebuilds those files from the committed trees without calling an LLM.", ""]
+    rel = lambda f: Path(f).resolve().relative_to(readme_dir.resolve()).as_posix()  # noqa: E731
     for path in found:
         out = json.loads(path.read_text())
-        rel = lambda f: Path(path.parent / f).resolve().relative_to(readme_dir.resolve()).as_posix()  # noqa: E731
-        parts += [f"### {out['dataset']}", "", render_table(out), "",
-                  f"![quality against cost, {out['dataset']}]({rel('cost_accuracy.png')})", ""]
+        ds = out["dataset"]
+        parts += [f"### {ds}", "", render_table(out), ""]
         sc = out["methods"].get("self-correction (best on train)", {})
         if "chosen_expert" in sc:
             parts += [f"Self-correction (best on train) uses {sc['chosen_expert']}.", ""]
         share = out["methods"][out["der_method"]]["first_expert_share"]
         picks = ", ".join(f"{e} {s:.0%}" for e, s in zip(out["experts"], share))
-        parts += [f"DER's first expert on the test split: {picks}.", ""]
-        parts += proposal_block(out["dataset"])
-        parts += tree_block(p, out["dataset"])
+        parts += [f"DER's first expert on the test split (mean over seeds): {picks}.", ""]
+        parts += [f"Paired bootstrap over the {out['test_queries']} test queries ({p.evaluate.bootstrap} resamples):",
+                  "", render_comparisons(out), ""]
+        parts += proposal_block(ds)
+        frontier = _load(results_dir(p, "curves", ds) / "frontier.json")
+        if frontier:
+            png = results_dir(p, "curves", ds) / "cost_accuracy.png"
+            parts += [f"#### {ds}: quality against cost", "", f"![quality against cost, {ds}]({rel(png)})", "",
+                      render_frontier(frontier), ""]
+        ablations = _load(results_dir(p, "ablate", ds) / "ablations.json")
+        if ablations:
+            parts += [f"#### {ds}: ablations", "", render_ablations(ablations, p), ""]
+        parts += tree_block(p, ds)
+    cross = _load(results_dir(p, "cross_task") / "metrics.json")
+    if cross and "skipped" not in cross:
+        parts += ["### One router across tasks", "", render_cross_task(cross), ""]
     parts.append(END)
     return "\n".join(parts)
 

@@ -1,178 +1,121 @@
-"""The `evaluate` stage: every method on the held-out test split of the same cached tree.
+"""The `evaluate` stage: every method on the held-out test split of the same cached tree, averaged over seeds.
 
-Writes, per dataset, results/<dataset>/{metrics.json, table.md, curve.csv,
-cost_accuracy.png}, and metrics/metrics.json (for `dvc metrics show`) and
-metrics/curves.csv (for `dvc plots show`) over all datasets.
+Writes results/evaluate/<dataset>/{metrics.json, table.md} and metrics/metrics.json
+(for `dvc metrics show`). DER is the `train` stage's policies (one per seed);
+the supervised MLP router is trained here per seed; the rest are deterministic.
+Claims are checked with a paired bootstrap over the same test queries.
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
 import time
-from pathlib import Path
-
-import numpy as np
 
 from der_pipeline.config import Params
 from der_pipeline.data.sources import ANSWER_TYPE
+from der_pipeline.evaluate.common import load_split, public, results_dir, saved_policies, summarize
+from der_pipeline.evaluate.stats import paired_bootstrap
 from der_pipeline.io import atomic_write_bytes, write_json
-from der_pipeline.router.arrays import TreeArrays, build_arrays, cost_scale, split_arrays
-from der_pipeline.router.methods import KNNRouter, PolicyRouter, Router, baseline_routers
-from der_pipeline.router.ppo import train_ppo
-from der_pipeline.router.train import load_policy, model_dir
+from der_pipeline.router.methods import MLPRouter, Router, baseline_routers
 from der_pipeline.signals.metrics import TASK_METRIC
 
 METRIC_LABEL = {"accuracy": "Accuracy", "f1": "F1", "numeric_match": "Accuracy", "rougeL": "ROUGE-L"}
+ROUND_ROBIN = "round-robin"
+KNN = "supervised router (kNN)"
+MLP = "supervised router (MLP)"
+ORACLE = "oracle (upper bound)"
 
 
-def bootstrap_ci(values: np.ndarray, n: int, seed: int) -> tuple[float, float]:
-    """Percentile 95% interval of the mean over queries (resampled with replacement)."""
-    if n <= 0 or len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n, len(values)))
-    means = values[idx].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def der_name(p: Params) -> str:
+    return f"DER (agent, {p.reward.form}, alpha={p.reward.alpha:g})"
 
 
-def method_metrics(w: np.ndarray, test: TreeArrays, scale: float, p: Params) -> dict:
-    per_query = (w * test.path_matrix("task")).sum(axis=1)
-    lo, hi = bootstrap_ci(per_query, p.evaluate.bootstrap, p.data.seed)
-    cost = float((w * test.path_matrix("cost")).sum(axis=1).mean())
-    return {
-        "accuracy": round(float(per_query.mean()), 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
-        "bertscore_f1": round(float((w * test.path_matrix("bert")).sum(axis=1).mean()), 4),
-        "calls": round(float((w * test.path_matrix("calls")).sum(axis=1).mean()), 3),
-        "cost_gflops": round(cost, 2), "cost_norm": round(cost / scale, 4),
-        "latency_s": round(float((w * test.path_matrix("latency")).sum(axis=1).mean()), 3),
-        "first_expert_share": [round(float(x), 3) for x in _first_expert_share(w, test.n_experts)],
-    }
-
-
-def _first_expert_share(w: np.ndarray, n: int) -> np.ndarray:
-    hop1 = w[:, :n]
-    hop2 = w[:, n:].reshape(-1, n, n).sum(axis=2)
-    return (hop1 + hop2).mean(axis=0)
-
-
-def _train_variant(train: TreeArrays, p: Params, scale: float, **reward) -> object:
-    rp = dataclasses.replace(p.reward, **reward)
-    agent, _ = train_ppo(train, rp, p.ppo, scale=scale)
-    return agent
-
-
-def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str, list[dict]]:
+def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
     t0 = time.perf_counter()
-    arrays, splits = build_arrays(p, dataset)
-    train, test = split_arrays(arrays, splits)
-    scale = cost_scale(train)
-    results: dict[str, dict] = {}
+    split = load_split(p, dataset)
+    train, test = split.train, split.test
+    methods: dict[str, dict] = {}
     roles: dict[str, str] = {}
 
-    routers: list[Router] = baseline_routers(p)
-    agent, ckpt = load_policy(model_dir(p, dataset) / "policy.pt")
-    if ckpt["experts"] != arrays.experts:
-        raise ValueError(f"models/{dataset}/policy.pt was trained for experts {ckpt['experts']}, the tree has "
-                         f"{arrays.experts}; rerun `der-pipeline train`")
-    der_name = f"DER (agent, {p.reward.form}, alpha={p.reward.alpha:g})"
-    routers.append(PolicyRouter(agent, scale, der_name))
-    for form in p.evaluate.compare_forms:
-        if form != p.reward.form:
-            routers.append(PolicyRouter(_train_variant(train, p, scale, form=form), scale,
-                                        f"DER (agent, {form}, alpha={p.reward.alpha:g})"))
-    for r in routers:
-        r.fit(train, p)
-        results[r.name] = method_metrics(r.route(test), test, scale, p)
-        roles[r.name] = "bound" if r.bound else ("der" if r.name.startswith("DER") else "baseline")
-    sc = next(r for r in routers if r.name.startswith("self-correction (best"))
-    results[sc.name]["chosen_expert"] = sc.chosen
+    def add(name: str, routers: list[Router], role: str) -> None:
+        methods[name] = summarize([r.route(test) for r in routers], test, split.scale, p)
+        roles[name] = role
 
-    curve: list[dict] = []
-    for alpha in p.evaluate.alpha_sweep:
-        der = PolicyRouter(_train_variant(train, p, scale, alpha=alpha), scale).fit(train, p)
-        knn = KNNRouter(alpha).fit(train, p)
-        for method, router in (("DER", der), ("supervised kNN", knn)):
-            m = method_metrics(router.route(test), test, scale, p)
-            curve.append({"dataset": dataset, "method": method, "alpha": alpha, "cost_norm": m["cost_norm"],
-                          "cost_gflops": m["cost_gflops"], "accuracy": m["accuracy"], "calls": m["calls"]})
-    metric = TASK_METRIC[ANSWER_TYPE[dataset]]
-    out = {"dataset": dataset, "metric": metric, "split": "test", "test_queries": test.n_queries,
-           "train_queries": train.n_queries, "seed": p.data.seed, "ppo_seed": p.ppo.seed,
-           "experts": arrays.experts, "cost_scale_gflops": round(scale, 3), "der_method": der_name,
-           "methods": results, "roles": roles, "seconds": round(time.perf_counter() - t0, 2)}
-    return out, render_table(out), curve
+    baselines = [r.fit(train, p) for r in baseline_routers(p)]
+    for r in baselines:
+        if not r.bound:
+            add(r.name, [r], "baseline")
+    add(MLP, [MLPRouter(seed=s).fit(train, p) for s in p.seeds], "baseline")
+    der = der_name(p)
+    add(der, saved_policies(p, split, der), "der")
+    oracle = next(r for r in baselines if r.bound)
+    add(oracle.name, [oracle], "bound")
+    sc = next(r for r in baselines if r.name.startswith("self-correction (best"))
+    methods[sc.name]["chosen_expert"] = sc.chosen
+
+    singles = {k: v for k, v in methods.items() if k.startswith("single: ")}
+    best_single = max(singles, key=lambda k: singles[k]["accuracy"])
+    rr = next(k for k in methods if k.startswith(ROUND_ROBIN))
+    comparisons = []
+    for other, why in ((rr, ""), (best_single, "the best single expert on the test split"),
+                       (MLP, "the supervised MLP router"), (KNN, "the supervised kNN router")):
+        test_ = paired_bootstrap(methods[der]["_per_query"], methods[other]["_per_query"],
+                                 p.evaluate.bootstrap, p.data.seed)
+        comparisons.append({"a": der, "b": other, "b_is": why, **{k: round(v, 4) if isinstance(v, float) else v
+                                                                  for k, v in test_.items()}})
+    out = {"dataset": dataset, "metric": TASK_METRIC[ANSWER_TYPE[dataset]], "split": "test",
+           "test_queries": test.n_queries, "train_queries": train.n_queries, "data_seed": p.data.seed,
+           "seeds": p.seeds, "experts": train.experts, "cost_scale_gflops": round(split.scale, 3),
+           "der_method": der, "best_single": best_single,
+           "methods": {k: public(v) for k, v in methods.items()}, "roles": roles, "comparisons": comparisons,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    return out, render_table(out) + "\n\n" + render_comparisons(out)
+
+
+def _fmt_std(m: dict) -> str:
+    return f"± {m['accuracy_std']:.3f}" if m["seeds"] > 1 else "(deterministic)"
 
 
 def render_table(out: dict) -> str:
     label = METRIC_LABEL[out["metric"]]
-    lines = [f"| Method | {label} (95% CI) | Avg Calls | Avg Cost (GFLOPs) | Cost (norm.) | BERTScore F1 | Latency (s) |",
+    lines = [f"| Method | {label} (95% CI over queries) | std over {len(out['seeds'])} seeds | Avg Calls | "
+             "Avg Cost (GFLOPs) | Cost (norm.) | BERTScore F1 |",
              "|---|---|---|---|---|---|---|"]
     for name, m in out["methods"].items():
-        shown = f"*{name}*" if out["roles"][name] == "bound" else (f"**{name}**" if out["roles"][name] == "der" else name)
-        lines.append(f"| {shown} | {m['accuracy']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f}) | {m['calls']:.2f} | "
-                     f"{m['cost_gflops']:.1f} | {m['cost_norm']:.3f} | {m['bertscore_f1']:.3f} | {m['latency_s']:.2f} |")
-    lines.append("")
-    lines.append(f"{out['test_queries']} test queries (policy trained on {out['train_queries']} train queries), "
-                 f"data seed {out['seed']}, PPO seed {out['ppo_seed']}. Cost (norm.) divides by the priciest "
-                 f"expert's mean call ({out['cost_scale_gflops']} GFLOPs).")
+        role = out["roles"][name]
+        shown = f"*{name}*" if role == "bound" else (f"**{name}**" if role == "der" else name)
+        lines.append(f"| {shown} | {m['accuracy']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f}) | {_fmt_std(m)} | "
+                     f"{m['calls']:.2f} | {m['cost_gflops']:.1f} | {m['cost_norm']:.3f} | {m['bertscore_f1']:.3f} |")
+    lines += ["", f"{out['test_queries']} test queries; every router was fitted on the {out['train_queries']} train "
+              f"queries only (data seed {out['data_seed']}; PPO / MLP seeds {out['seeds']}). Cost (norm.) divides by "
+              f"the priciest expert's mean call ({out['cost_scale_gflops']} GFLOPs)."]
     return "\n".join(lines)
 
 
-def plot_curve(out: dict, curve: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for name, m in out["methods"].items():
-        role = out["roles"][name]
-        marker = {"bound": "*", "der": "D"}.get(role, "o")
-        ax.scatter(m["cost_norm"], m["accuracy"], marker=marker, s=60 if role != "baseline" else 30)
-        ax.annotate(name, (m["cost_norm"], m["accuracy"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    for method, style in (("DER", "-D"), ("supervised kNN", "--s")):
-        pts = sorted((c["cost_norm"], c["accuracy"]) for c in curve if c["method"] == method)
-        if pts:
-            ax.plot(*zip(*pts), style, label=f"{method} (alpha sweep)", alpha=0.7)
-    ax.set_xlabel("average cost per query (normalised: priciest expert's mean call = 1)")
-    ax.set_ylabel(METRIC_LABEL[out["metric"]])
-    ax.set_title(f"{out['dataset']}: quality against cost, {out['test_queries']} test queries")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _csv(rows: list[dict]) -> bytes:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return buf.getvalue().encode()
+def render_comparisons(out: dict) -> str:
+    lines = ["| Claim: DER against | Difference (DER - other) | 95% CI (paired bootstrap) | p-value |",
+             "|---|---|---|---|"]
+    for c in out["comparisons"]:
+        who = f"{c['b']} ({c['b_is']})" if c["b_is"] else c["b"]
+        lines.append(f"| {who} | {c['diff']:+.3f} | {c['ci_low']:+.3f} to {c['ci_high']:+.3f} | "
+                     f"{c['p_value']:.3f} |")
+    return "\n".join(lines)
 
 
 def evaluate(p: Params, datasets: list[str]) -> dict[str, str]:
-    results_dir = p.path("results")
-    tables, summary, curves = {}, {}, []
+    tables, summary = {}, {}
     for ds in datasets:
-        out, md, curve = evaluate_dataset(p, ds)
-        folder = results_dir / ds
+        out, md = evaluate_dataset(p, ds)
+        folder = results_dir(p, "evaluate", ds)
         write_json(out, folder / "metrics.json")
         atomic_write_bytes(folder / "table.md", (md + "\n").encode())
-        atomic_write_bytes(folder / "curve.csv", _csv(curve))
-        plot_curve(out, curve, folder / "cost_accuracy.png")
         tables[ds] = md
-        curves += curve
         m = out["methods"]
         der = m[out["der_method"]]
-        rr = next(v for k, v in m.items() if k.startswith("round-robin"))
-        summary[ds] = {"test_queries": out["test_queries"], "der_accuracy": der["accuracy"], "der_calls": der["calls"],
+        rr = next(v for k, v in m.items() if k.startswith(ROUND_ROBIN))
+        summary[ds] = {"test_queries": out["test_queries"], "der_accuracy": der["accuracy"],
+                       "der_accuracy_std": der["accuracy_std"], "der_calls": der["calls"],
                        "der_cost_norm": der["cost_norm"], "round_robin_accuracy": rr["accuracy"],
-                       "round_robin_cost_norm": rr["cost_norm"],
-                       "knn_accuracy": m["supervised router (kNN)"]["accuracy"],
-                       "oracle_accuracy": m["oracle (upper bound)"]["accuracy"]}
+                       "round_robin_cost_norm": rr["cost_norm"], "best_single_accuracy": m[out["best_single"]]["accuracy"],
+                       "mlp_accuracy": m[MLP]["accuracy"], "knn_accuracy": m[KNN]["accuracy"],
+                       "oracle_accuracy": m[ORACLE]["accuracy"]}
     write_json(summary, p.path("metrics") / "metrics.json")
-    atomic_write_bytes(p.path("metrics") / "curves.csv", _csv(curves))
     return tables

@@ -30,6 +30,7 @@ class TreeArrays:
     cost2: np.ndarray
     lat1: np.ndarray  # seconds of the call
     lat2: np.ndarray
+    params_b: tuple[float, ...] = ()  # each expert's parameters in billions (the `params` cost unit)
 
     @property
     def n_queries(self) -> int:
@@ -73,6 +74,32 @@ class TreeArrays:
     def path_names(self) -> list[str]:
         n = self.experts
         return [join_path([a]) for a in n] + [join_path([a, b]) for a in n for b in n]
+
+
+def concat_arrays(parts: list[TreeArrays]) -> TreeArrays:
+    """Several datasets' arrays as one (same experts, same embedder): the cross-task mixture."""
+    first = parts[0]
+    for a in parts[1:]:
+        if a.experts != first.experts or a.q_emb.shape[1] != first.q_emb.shape[1]:
+            raise ValueError("cross-task: every dataset needs the same experts and embedding size")
+    fields = {k: np.concatenate([getattr(a, k) for a in parts]) for k, v in first.__dict__.items()
+              if isinstance(v, np.ndarray)}
+    return replace(first, qids=[q for a in parts for q in a.qids], **fields)
+
+
+def call_costs(arrays: TreeArrays, unit: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The reward's cost C of each hop-1 and hop-2 call, in the reward's unit.
+
+    flops: the call's GFLOPs divided by ``scale`` (the priciest expert's mean call);
+    params: the expert's parameters in billions / 1000, per call (as the public DER code does).
+    """
+    if unit == "flops":
+        return arrays.cost1 / scale, arrays.cost2 / scale
+    if not arrays.params_b:
+        raise ValueError("reward.cost = params needs each expert's params_b")
+    per_expert = np.asarray(arrays.params_b, dtype=np.float64) / 1000.0
+    q, n = arrays.n_queries, arrays.n_experts
+    return np.broadcast_to(per_expert, (q, n)).copy(), np.broadcast_to(per_expert, (q, n, n)).copy()
 
 
 def cost_scale(arrays: TreeArrays) -> float:
@@ -134,7 +161,8 @@ def build_arrays(p: Params, dataset: str) -> tuple[TreeArrays, list[str]]:
     if not filled.all():
         raise ValueError(f"{dataset}: {(~filled).sum()} tree nodes have no score; rerun `der-pipeline score`")
     q_emb = np.stack([emb[(q, "")] for q in qids]).astype(np.float32)
-    arrays = TreeArrays(qids=qids, experts=names, q_emb=q_emb, a1_emb=a1, a2_emb=a2, **arr)
+    arrays = TreeArrays(qids=qids, experts=names, q_emb=q_emb, a1_emb=a1, a2_emb=a2, **arr,
+                        params_b=tuple(e.params_b for e in p.experts))
     return arrays, prepared["split"].to_pylist()
 
 

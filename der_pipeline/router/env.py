@@ -1,12 +1,14 @@
 """The DER routing MDP over the cached tree: a batched torch environment plus a Gymnasium wrapper.
 
-State s_t = [emb(Q), emb(A_{t-1}) (zeros at t = 0), one-hot step, one-hot last expert (or none)].
+State s_t = [emb(Q), emb(A_{t-1}) (zeros at t = 0), one-hot step, one-hot last expert (or none)];
+the ``query`` state ablation keeps emb(A_{t-1}) at zeros throughout.
 Actions 0..N-1 call an expert (it answers at t = 0, refines the last answer
 through the KTP at t = 1); action N is STOP, masked at t = 0. After T_max = 2
 calls the episode ends; the final answer is the latest one.
 
 Reward for calling expert a at step t (P the chosen quality signal, C the
-call's cost divided by the priciest expert's mean call cost), ``per_step`` form:
+call's cost divided by the priciest expert's mean call cost, or with
+``reward.cost: params`` the expert's parameters in billions / 1000), ``per_step`` form:
     t = 0:  R = P(y_0) - alpha*C
     t > 0:  R = P(y_t) + beta*(P(y_t) - P(y_{t-1})) - alpha*C
     then +gamma if P(y_t) >= p0, and -gamma if this is call number T_max and P(y_t) < p0.
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from der_pipeline.config import RewardConfig
-from der_pipeline.router.arrays import TreeArrays, cost_scale
+from der_pipeline.router.arrays import TreeArrays, call_costs, cost_scale
 
 
 def step_reward(cfg: RewardConfig, p_now: torch.Tensor, p_prev: torch.Tensor | None, cost: torch.Tensor,
@@ -59,7 +61,8 @@ class TreeTensors:
         t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
         self.q_emb, self.a1_emb, self.a2_emb = t(arrays.q_emb), t(arrays.a1_emb), t(arrays.a2_emb)
         self.p1, self.p2 = t(q1), t(q2)
-        self.c1, self.c2 = t(arrays.cost1) / self.scale, t(arrays.cost2) / self.scale
+        c1, c2 = call_costs(arrays, cfg.cost, self.scale)
+        self.c1, self.c2 = t(c1), t(c2)
         self.n_queries = arrays.n_queries
 
     @property
@@ -71,8 +74,11 @@ class VectorTreeEnv:
     """``num_envs`` episodes at once over the cached tree; finished episodes restart on a new random query."""
 
     def __init__(self, arrays: TreeArrays, cfg: RewardConfig, num_envs: int, seed: int = 0,
-                 scale: float | None = None, autoreset: bool = True):
+                 scale: float | None = None, autoreset: bool = True, state: str = "query_answer"):
+        if state not in ("query_answer", "query"):
+            raise ValueError(f"state must be query_answer or query, got {state!r}")
         self.cfg = cfg
+        self.state = state
         self.data = TreeTensors(arrays, cfg, scale)
         self.num_envs = num_envs
         self.autoreset = autoreset
@@ -110,7 +116,8 @@ class VectorTreeEnv:
         at1 = self.t >= 1
         last = self.last.clamp(min=0)
         ans = torch.zeros(self.num_envs, d.dim)
-        ans[at1] = d.a1_emb[self.q[at1], last[at1]]
+        if self.state == "query_answer":  # the "query" ablation hides the last answer (zeros)
+            ans[at1] = d.a1_emb[self.q[at1], last[at1]]
         return build_obs(d.q_emb[self.q], ans, self.t, self.last, d.n)
 
     def action_mask(self) -> torch.Tensor:
@@ -170,9 +177,10 @@ class TreeEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, arrays: TreeArrays, cfg: RewardConfig, scale: float | None = None):
+    def __init__(self, arrays: TreeArrays, cfg: RewardConfig, scale: float | None = None,
+                 state: str = "query_answer"):
         super().__init__()
-        self._env = VectorTreeEnv(arrays, cfg, num_envs=1, scale=scale, autoreset=False)
+        self._env = VectorTreeEnv(arrays, cfg, num_envs=1, scale=scale, autoreset=False, state=state)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self._env.obs_dim,), np.float32)
         self.action_space = gym.spaces.Discrete(self._env.n_actions)
 

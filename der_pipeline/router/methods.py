@@ -108,12 +108,53 @@ class KNNRouter(Router):
         self.cost = train.cost1.mean(axis=0) / cost_scale(train)
         return self
 
-    def route(self, test: TreeArrays) -> np.ndarray:
+    def predict(self, test: TreeArrays) -> np.ndarray:
         emb = test.q_emb / np.linalg.norm(test.q_emb, axis=1, keepdims=True).clip(1e-9)
         sims = emb @ self.train_emb.T
         nn_idx = np.argsort(-sims, axis=1, kind="stable")[:, : self.k]
-        pred = self.train_q[nn_idx].mean(axis=1)  # [Q, N]
-        choice = np.argmax(pred - self.alpha_used * self.cost[None, :], axis=1)
+        return self.train_q[nn_idx].mean(axis=1)  # [Q, N]
+
+    def route(self, test: TreeArrays, alpha: float | None = None) -> np.ndarray:
+        a = self.alpha_used if alpha is None else alpha
+        choice = np.argmax(self.predict(test) - a * self.cost[None, :], axis=1)
+        n = test.n_experts
+        w = np.zeros((test.n_queries, n * (n + 1)))
+        w[np.arange(test.n_queries), choice] = 1.0
+        return w
+
+
+class MLPRouter(Router):
+    """A seeded supervised router (in the manner of RouteLLM's classifier routers): a small MLP on the
+    query embedding predicts every expert's quality (sigmoid, cross-entropy on the train split's
+    P signal); pick argmax(predicted quality - alpha * normalised mean cost). One call."""
+
+    def __init__(self, alpha: float | None = None, seed: int = 1):
+        self.alpha, self.seed = alpha, seed
+        self.name = "supervised router (MLP)" if alpha is None else f"supervised router (MLP, alpha={alpha:g})"
+
+    def fit(self, train: TreeArrays, p: Params) -> "MLPRouter":
+        torch.manual_seed(self.seed)
+        self.alpha_used = p.reward.alpha if self.alpha is None else self.alpha
+        x = torch.as_tensor(train.q_emb, dtype=torch.float32)
+        y = torch.as_tensor(train.quality(p.reward)[0], dtype=torch.float32).clamp(0, 1)
+        self.net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.ReLU(),
+                                       torch.nn.Linear(64, train.n_experts))
+        opt = torch.optim.Adam(self.net.parameters(), lr=1e-3, weight_decay=1e-3)
+        for _ in range(p.evaluate.mlp_epochs):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.cost = train.cost1.mean(axis=0) / cost_scale(train)
+        return self
+
+    def predict(self, test: TreeArrays) -> np.ndarray:
+        with torch.no_grad():
+            return torch.sigmoid(self.net(torch.as_tensor(test.q_emb, dtype=torch.float32))).numpy()
+
+    def route(self, test: TreeArrays, alpha: float | None = None) -> np.ndarray:
+        a = self.alpha_used if alpha is None else alpha
+        choice = np.argmax(self.predict(test) - a * self.cost[None, :], axis=1)
         n = test.n_experts
         w = np.zeros((test.n_queries, n * (n + 1)))
         w[np.arange(test.n_queries), choice] = 1.0
@@ -123,22 +164,23 @@ class KNNRouter(Router):
 class PolicyRouter(Router):
     """A trained DER policy, greedy: runs the MDP on every test query once."""
 
-    def __init__(self, agent, scale: float, name: str = "DER (agent)"):
-        self.agent, self.scale, self.name = agent, scale, name
+    def __init__(self, agent, scale: float, name: str = "DER (agent)", state: str = "query_answer"):
+        self.agent, self.scale, self.name, self.state = agent, scale, name, state
 
     def route(self, test: TreeArrays) -> np.ndarray:
-        paths = greedy_paths(self.agent, test, self.scale)
+        paths = greedy_paths(self.agent, test, self.scale, self.state)
         n = test.n_experts
         w = np.zeros((test.n_queries, n * (n + 1)))
         w[np.arange(test.n_queries), paths] = 1.0
         return w
 
 
-def greedy_paths(agent, arrays: TreeArrays, scale: float) -> np.ndarray:
+def greedy_paths(agent, arrays: TreeArrays, scale: float, state: str = "query_answer") -> np.ndarray:
     """The flat path index each query ends on under the greedy policy."""
     from der_pipeline.config import RewardConfig
 
-    env = VectorTreeEnv(arrays, RewardConfig(), num_envs=arrays.n_queries, scale=scale, autoreset=False)
+    env = VectorTreeEnv(arrays, RewardConfig(), num_envs=arrays.n_queries, scale=scale, autoreset=False,
+                        state=state)
     obs, mask = env.reset(torch.arange(arrays.n_queries))
     first = agent.greedy(obs, mask)
     obs, mask, _, _, _ = env.step(first)
@@ -160,5 +202,6 @@ def baseline_routers(p: Params) -> list[Router]:
 
 
 REGISTRY: dict[str, type[Router]] = {
-    "random": RandomRouter, "oracle": Oracle, "knn": KNNRouter, "self-correction-best": SelfCorrectionBest,
+    "random": RandomRouter, "oracle": Oracle, "knn": KNNRouter, "mlp": MLPRouter,
+    "self-correction-best": SelfCorrectionBest,
 }

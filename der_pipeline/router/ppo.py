@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch.nn as nn
 from torch.distributions.categorical import Categorical
 
 from der_pipeline.config import PPOConfig, RewardConfig
-from der_pipeline.router.arrays import TreeArrays
+from der_pipeline.router.arrays import TreeArrays, cost_scale
 from der_pipeline.router.env import VectorTreeEnv
 
 MASKED = -1e9
@@ -61,14 +62,51 @@ class Agent(nn.Module):
         return self.masked_logits(x, mask).argmax(dim=1)
 
 
-def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, log_path: Path | None = None,
-              scale: float | None = None) -> tuple[Agent, list[dict]]:
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+def validation_fold(arrays: TreeArrays, fraction: float) -> tuple[TreeArrays, TreeArrays | None]:
+    """Split the train queries into a fit part and a validation part by a hash of the query id
+    (fixed across seeds and runs; the test split is never touched)."""
+    if fraction <= 0:
+        return arrays, None
+    key = np.array([zlib.crc32(q.encode()) / 2**32 for q in arrays.qids])
+    val = np.flatnonzero(key < fraction)
+    fit = np.flatnonzero(key >= fraction)
+    if len(val) == 0 or len(fit) == 0:
+        return arrays, None
+    return arrays.subset(fit), arrays.subset(val)
 
-    envs = VectorTreeEnv(arrays, reward, cfg.num_envs, seed=cfg.seed, scale=scale)
+
+@torch.no_grad()
+def greedy_return(agent: Agent, arrays: TreeArrays, reward: RewardConfig, scale: float | None, state: str) -> float:
+    """Mean episode return of the greedy policy, one episode per query (the model-selection score)."""
+    env = VectorTreeEnv(arrays, reward, num_envs=arrays.n_queries, scale=scale, autoreset=False, state=state)
+    obs, mask = env.reset(torch.arange(arrays.n_queries))
+    total = torch.zeros(arrays.n_queries)
+    live = torch.ones(arrays.n_queries, dtype=torch.bool)
+    for _ in range(reward.t_max):
+        action = agent.greedy(obs, mask)
+        obs, mask, r, done, _ = env.step(torch.where(live, action, torch.zeros_like(action)))
+        total += torch.where(live, r, torch.zeros_like(r))
+        live &= ~done
+        if not live.any():
+            break
+    return float(total.mean())
+
+
+def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: int = 1, log_path: Path | None = None,
+              scale: float | None = None) -> tuple[Agent, list[dict]]:
+    """PPO on ``arrays`` (the train split). With ``cfg.val_fraction`` > 0, a hash-chosen part of it is held
+    out and the policy kept is the one with the best greedy validation return (checked every
+    ``cfg.eval_every`` iterations): a policy that memorises its training queries is not kept."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)  # small MLPs: one thread is as fast, and robust when other work shares the cores
+
+    scale = scale if scale is not None else cost_scale(arrays)
+    reward_cfg = reward  # (the rollout loop below names each step's rewards `reward`, as cleanrl does)
+    arrays, val = validation_fold(arrays, cfg.val_fraction)
+    best_val, best_state, best_iteration = -float("inf"), None, 0
+    envs = VectorTreeEnv(arrays, reward, cfg.num_envs, seed=seed, scale=scale, state=cfg.state)
     agent = Agent(envs.obs_dim, envs.n_actions, cfg.hidden)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
     batch_size = cfg.num_envs * cfg.num_steps
@@ -194,10 +232,18 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, log_path
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(time.perf_counter() - t0, 3),
             }
+            if val is not None and (iteration % cfg.eval_every == 0 or iteration == num_iterations):
+                row["val_return"] = greedy_return(agent, val, reward_cfg, scale, cfg.state)
+                if row["val_return"] > best_val:
+                    best_val, best_iteration = row["val_return"], iteration
+                    best_state = {k: v.clone() for k, v in agent.state_dict().items()}
             history.append(row)
             if log_fh:
                 log_fh.write(json.dumps(row) + "\n")
     finally:
         if log_fh:
             log_fh.close()
+    if best_state is not None:
+        agent.load_state_dict(best_state)
+        history[-1].update(selected_iteration=best_iteration, best_val_return=best_val)
     return agent, history

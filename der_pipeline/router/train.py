@@ -17,10 +17,16 @@ def model_dir(p: Params, dataset: str) -> Path:
     return p.path("models") / dataset
 
 
-def save_policy(agent: Agent, path: Path, *, experts: list[str], scale: float, p: Params, obs_dim: int) -> None:
+def policy_path(p: Params, dataset: str, seed: int | None = None) -> Path:
+    """models/<dataset>/seed-<seed>/policy.pt; the first of ``seeds`` by default (the one `ask` loads)."""
+    return model_dir(p, dataset) / f"seed-{p.seeds[0] if seed is None else seed}" / "policy.pt"
+
+
+def save_policy(agent: Agent, path: Path, *, experts: list[str], scale: float, p: Params, obs_dim: int,
+                seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": agent.state_dict(), "obs_dim": obs_dim, "n_actions": len(experts) + 1,
+    torch.save({"state_dict": agent.state_dict(), "obs_dim": obs_dim, "n_actions": len(experts) + 1, "seed": seed,
                 "hidden": p.ppo.hidden, "experts": experts, "cost_scale": scale,
                 "reward": dataclasses.asdict(p.reward), "ppo": dataclasses.asdict(p.ppo),
                 "embedder": p.signals.embedder}, tmp)
@@ -46,7 +52,14 @@ def plot_training(history: list[dict], path: Path, title: str) -> None:
     steps = [h["global_step"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, key in zip(axes, ["mean_return", "mean_calls", "entropy"]):
-        ax.plot(steps, [h[key] for h in history])
+        ax.plot(steps, [h[key] for h in history], label="training episodes")
+        if key == "mean_return" and any("val_return" in h for h in history):
+            val = [(h["global_step"], h["val_return"]) for h in history if "val_return" in h]
+            ax.plot(*zip(*val), label="greedy, validation fold")
+            if "selected_iteration" in history[-1]:
+                ax.axvline(history[history[-1]["selected_iteration"] - 1]["global_step"], ls=":", color="k",
+                           label="kept")
+            ax.legend(fontsize=7)
         ax.set_title(key)
         ax.set_xlabel("environment steps")
     fig.suptitle(title)
@@ -57,21 +70,28 @@ def plot_training(history: list[dict], path: Path, title: str) -> None:
 
 
 def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
+    """One policy per seed in ``seeds``: <out>/seed-<s>/{policy.pt, train_log.jsonl, training_curve.png}."""
     t0 = time.perf_counter()
     arrays, splits = build_arrays(p, dataset)
     train, _ = split_arrays(arrays, splits)
     scale = cost_scale(train)
     out = out_dir or model_dir(p, dataset)
-    out.mkdir(parents=True, exist_ok=True)
-    agent, history = train_ppo(train, p.reward, p.ppo, log_path=out / "train_log.jsonl", scale=scale)
-    obs_dim = 2 * arrays.q_emb.shape[1] + 2 + arrays.n_experts + 1
-    save_policy(agent, out / "policy.pt", experts=arrays.experts, scale=scale, p=p, obs_dim=obs_dim)
-    plot_training(history, out / "training_curve.png",
-                  f"{dataset}: PPO, alpha={p.reward.alpha:g}, form={p.reward.form}, signal={p.reward.signal}")
-    last = history[-1] if history else {}
-    summary = {"dataset": dataset, "train_queries": train.n_queries, "iterations": len(history),
-               "final_mean_return": round(last.get("mean_return", float("nan")), 4),
-               "final_mean_calls": round(last.get("mean_calls", float("nan")), 3),
-               "seconds": round(time.perf_counter() - t0, 2), "checkpoint": "policy.pt"}
+    per_seed = []
+    for seed in p.seeds:
+        folder = out / f"seed-{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        agent, history = train_ppo(train, p.reward, p.ppo, seed=seed, log_path=folder / "train_log.jsonl", scale=scale)
+        obs_dim = 2 * arrays.q_emb.shape[1] + 2 + arrays.n_experts + 1
+        save_policy(agent, folder / "policy.pt", experts=arrays.experts, scale=scale, p=p, obs_dim=obs_dim, seed=seed)
+        plot_training(history, folder / "training_curve.png", f"{dataset}: PPO seed {seed}, alpha={p.reward.alpha:g}, "
+                      f"form={p.reward.form}, signal={p.reward.signal}")
+        last = history[-1] if history else {}
+        per_seed.append({"seed": seed, "iterations": len(history),
+                         "final_mean_return": round(last.get("mean_return", float("nan")), 4),
+                         "final_mean_calls": round(last.get("mean_calls", float("nan")), 3),
+                         "selected_iteration": last.get("selected_iteration"),
+                         "best_val_return": round(last["best_val_return"], 4) if "best_val_return" in last else None})
+    summary = {"dataset": dataset, "train_queries": train.n_queries, "seeds": per_seed,
+               "seconds": round(time.perf_counter() - t0, 2)}
     write_json(summary, out / "train_summary.json")
     return summary

@@ -1,0 +1,94 @@
+"""The `cross_task` stage: one DER policy trained on the mixture of several datasets' train splits.
+
+The proposal's claim is that routing pays because no single small model is best
+on every task. Here one policy (per seed) learns from the pooled train splits
+of ``evaluate.cross_task`` and is evaluated on each dataset's test split and on
+all of them pooled, beside each dataset's own policy (the `train` stage's) and
+each single expert. Each dataset's score is its own task metric (accuracy for
+BoolQ, F1 for HotpotQA); "all" is the mean over the pooled test queries.
+Writes results/cross_task/{metrics.json, table.md}.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from der_pipeline.config import Params
+from der_pipeline.evaluate.common import DatasetSplit, load_split, public, results_dir, saved_policies, summarize
+from der_pipeline.evaluate.run import der_name
+from der_pipeline.io import atomic_write_bytes, write_json
+from der_pipeline.router.arrays import concat_arrays, cost_scale
+from der_pipeline.router.methods import FixedPath, PolicyRouter
+from der_pipeline.router.ppo import train_ppo
+
+log = logging.getLogger(__name__)
+
+
+def cross_task(p: Params) -> str:
+    chosen = [d for d in p.evaluate.cross_task if d in p.data.active()]
+    folder = results_dir(p, "cross_task")
+    if len(chosen) < 2:
+        out = {"datasets": chosen, "skipped": "needs at least two prepared datasets in evaluate.cross_task"}
+        write_json(out, folder / "metrics.json")
+        md = f"Cross-task: skipped ({out['skipped']})."
+        atomic_write_bytes(folder / "table.md", (md + "\n").encode())
+        return md
+    splits = {d: load_split(p, d) for d in chosen}
+    mixed_train = concat_arrays([s.train for s in splits.values()])
+    scale = cost_scale(mixed_train)
+    mixed = [train_ppo(mixed_train, p.reward, p.ppo, seed=s, scale=scale)[0] for s in p.seeds]
+
+    names = p.expert_names()
+    rows: dict[str, dict[str, dict]] = {}  # method -> dataset (or "all") -> metrics
+    per_query: dict[str, list[np.ndarray]] = {}
+    methods = {"DER, one policy for all tasks": lambda split: [PolicyRouter(a, scale, state=p.ppo.state) for a in mixed],
+               "DER, one policy per task": lambda split: saved_policies(p, split, der_name(p))}
+    methods.update({f"single: {e}": (lambda split, e=e: [FixedPath(e, names, [e])]) for e in names})
+    for method, make in methods.items():
+        rows[method], pooled = {}, []
+        for d, split in splits.items():
+            m = summarize([r.route(split.test) for r in make(split)], split.test, split.scale, p)
+            pooled.append(m["_per_query"])
+            rows[method][d] = public(m)
+        per_query[method] = pooled
+        allq = np.concatenate(pooled)
+        n = sum(len(x) for x in pooled)
+        rows[method]["all"] = {
+            "accuracy": round(float(allq.mean()), 4),
+            "calls": round(sum(rows[method][d]["calls"] * len(x) for d, x in zip(splits, pooled)) / n, 3),
+            "cost_gflops": round(sum(rows[method][d]["cost_gflops"] * len(x) for d, x in zip(splits, pooled)) / n, 2),
+        }
+    out = {"datasets": chosen, "seeds": p.seeds, "experts": names,
+           "train_queries": {d: s.train.n_queries for d, s in splits.items()},
+           "test_queries": {d: s.test.n_queries for d, s in splits.items()}, "methods": rows}
+    md = render(out)
+    write_json(out, folder / "metrics.json")
+    atomic_write_bytes(folder / "table.md", (md + "\n").encode())
+    return md
+
+
+def render(out: dict) -> str:
+    ds = out["datasets"]
+    head = "| Method | " + " | ".join(f"{d} score (calls, GFLOPs)" for d in ds) + " | all (calls, GFLOPs) |"
+    lines = [head, "|---|" + "---|" * (len(ds) + 1)]
+    for method, by in out["methods"].items():
+        cells = []
+        for d in [*ds, "all"]:
+            m = by[d]
+            std = f" ± {m['accuracy_std']:.3f}" if m.get("seeds", 1) > 1 else ""
+            cells.append(f"{m['accuracy']:.3f}{std} ({m['calls']:.2f}, {m['cost_gflops']:.0f})")
+        shown = f"**{method}**" if method.startswith("DER") else method
+        lines.append(f"| {shown} | " + " | ".join(cells) + " |")
+    lines += ["", "Where the one policy for all tasks goes first, and how often it refines, per dataset:", "",
+              "| Dataset | " + " | ".join(f"first: {e}" for e in out["experts"]) + " | refines |",
+              "|---|" + "---|" * (len(out["experts"]) + 1)]
+    for d in ds:
+        m = out["methods"]["DER, one policy for all tasks"][d]
+        lines.append(f"| {d} | " + " | ".join(f"{s:.0%}" for s in m["first_expert_share"]) +
+                     f" | {m['refine_rate']:.0%} |")
+    lines += ["", f"One policy per seed {out['seeds']} trained on the pooled train splits "
+              f"({', '.join(f'{d} {n}' for d, n in out['train_queries'].items())} queries); evaluated on each test "
+              f"split ({', '.join(f'{d} {n}' for d, n in out['test_queries'].items())} queries). Scores are each "
+              "dataset's task metric; ± is the std over seeds."]
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""The `curves` stage: accuracy against cost for every method with a knob, and the routing papers' metrics.
+
+DER is retrained per seed at every alpha of ``evaluate.alpha_sweep``; the
+supervised routers (kNN, MLP per seed) sweep their willingness to pay over the
+same values. Fixed methods are single points. From each method's points:
+AIQ, APGR, CPT(50%), CPT(80%) (definitions and sources in frontier.py).
+Writes results/curves/<dataset>/{frontier.json, frontier.md, curve.csv,
+cost_accuracy.png} and metrics/curves.csv (for `dvc plots`).
+"""
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+
+from der_pipeline.config import Params
+from der_pipeline.data.sources import ANSWER_TYPE
+from der_pipeline.signals.metrics import TASK_METRIC
+from der_pipeline.evaluate.common import der_policies, load_split, results_dir, with_reward
+from der_pipeline.evaluate.frontier import aiq, apgr, cpt
+from der_pipeline.evaluate.run import METRIC_LABEL
+from der_pipeline.evaluate.stats import mean_std
+from der_pipeline.io import atomic_write_bytes, write_json
+from der_pipeline.router.arrays import TreeArrays
+from der_pipeline.router.methods import KNNRouter, MLPRouter, baseline_routers
+
+SWEPT = ("DER", "supervised router (MLP)", "supervised router (kNN)")
+
+
+def _point(w: np.ndarray, test: TreeArrays, scale: float) -> tuple[float, float]:
+    return (float((w * test.path_matrix("cost")).sum(axis=1).mean() / scale),
+            float((w * test.path_matrix("task")).sum(axis=1).mean()))
+
+
+def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
+    split = load_split(p, dataset)
+    train, test, scale = split.train, split.test, split.scale
+    rows: list[dict] = []  # one per (method, alpha, seed)
+    knn = KNNRouter().fit(train, p)
+    mlps = [MLPRouter(seed=s).fit(train, p) for s in p.seeds]
+    for alpha in p.evaluate.alpha_sweep:
+        ders = der_policies(with_reward(p, alpha=alpha), split, "DER")
+        for seed, der, mlp in zip(p.seeds, ders, mlps):
+            for method, w in (("DER", der.route(test)), ("supervised router (MLP)", mlp.route(test, alpha))):
+                c, q = _point(w, test, scale)
+                rows.append({"dataset": dataset, "method": method, "alpha": alpha, "seed": seed,
+                             "cost_norm": round(c, 4), "accuracy": round(q, 4)})
+        c, q = _point(knn.route(test, alpha), test, scale)
+        rows.append({"dataset": dataset, "method": "supervised router (kNN)", "alpha": alpha, "seed": None,
+                     "cost_norm": round(c, 4), "accuracy": round(q, 4)})
+
+    fixed = {}
+    for r in baseline_routers(p):
+        if isinstance(r, KNNRouter):
+            continue
+        r.fit(train, p)
+        fixed[r.name] = {"point": _point(r.route(test), test, scale), "bound": r.bound}
+    singles = {k: v["point"] for k, v in fixed.items() if k.startswith("single: ")}
+    weak_name = min(singles, key=lambda k: singles[k][0])
+    strong_name = max(singles, key=lambda k: singles[k][1])
+    weak, strong = singles[weak_name], singles[strong_name]
+    c_max = max([r["cost_norm"] for r in rows] + [v["point"][0] for v in fixed.values()])
+
+    def metrics_of(points: list[tuple[float, float]]) -> dict:
+        return {"aiq": aiq(points, c_max), "apgr": apgr(points, weak, strong),
+                "cpt50": cpt(points, weak, strong, 0.5), "cpt80": cpt(points, weak, strong, 0.8)}
+
+    methods: dict[str, dict] = {}
+    for method in SWEPT:
+        mine = [r for r in rows if r["method"] == method]
+        mean_pts = []
+        for alpha in p.evaluate.alpha_sweep:
+            at = [r for r in mine if r["alpha"] == alpha]
+            mean_pts.append((float(np.mean([r["cost_norm"] for r in at])), float(np.mean([r["accuracy"] for r in at]))))
+        m = metrics_of(mean_pts)
+        seeds = sorted({r["seed"] for r in mine if r["seed"] is not None})
+        if seeds:
+            per_seed = [metrics_of([(r["cost_norm"], r["accuracy"]) for r in mine if r["seed"] == s]) for s in seeds]
+            for key in ("aiq", "apgr"):
+                m[f"{key}_std"] = mean_std([x[key] for x in per_seed])[1]
+        methods[method] = {**_rounded(m), "points": [[round(c, 4), round(q, 4)] for c, q in mean_pts]}
+    for name, v in fixed.items():
+        methods[name] = {**_rounded(metrics_of([v["point"]])), "points": [[round(x, 4) for x in v["point"]]],
+                         "bound": v["bound"]}
+    out = {"dataset": dataset, "metric": METRIC_LABEL[TASK_METRIC[ANSWER_TYPE[dataset]]], "test_queries": test.n_queries,
+           "alpha_sweep": p.evaluate.alpha_sweep, "seeds": p.seeds, "c_max": round(c_max, 4),
+           "weak": weak_name, "strong": strong_name, "methods": methods}
+    return out, rows
+
+
+def _rounded(m: dict) -> dict:
+    return {k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 4))
+            for k, v in m.items()}
+
+
+def render_frontier(out: dict) -> str:
+    def f(v, pct=False):
+        if v is None:
+            return "not reached" if pct else "n/a"
+        return f"{v:.0%}" if pct else f"{v:.3f}"
+
+    lines = ["| Method | AIQ | APGR | CPT(50%) | CPT(80%) |", "|---|---|---|---|---|"]
+    for name, m in out["methods"].items():
+        aiq_s = f(m["aiq"]) + (f" ± {m['aiq_std']:.3f}" if "aiq_std" in m else "")
+        apgr_s = f(m["apgr"]) + (f" ± {m['apgr_std']:.3f}" if "apgr_std" in m and m["apgr"] is not None else "")
+        shown = f"*{name}*" if m.get("bound") else (f"**{name}**" if name == "DER" else name)
+        lines.append(f"| {shown} | {aiq_s} | {apgr_s} | {f(m['cpt50'], True)} | {f(m['cpt80'], True)} |")
+    lines += ["", f"Costs normalised (priciest expert's mean call = 1); AIQ over cost 0..{out['c_max']:.3f}. "
+              f"APGR and CPT run from the cheapest single expert ({out['weak']}) to the strongest ({out['strong']}); "
+              f"CPT is the share of the strongest expert's cost. Swept methods: mean over seeds {out['seeds']} at "
+              f"each alpha in {out['alpha_sweep']}; ± is the std of the metric across seeds."]
+    return "\n".join(lines)
+
+
+def plot_frontier(out: dict, rows: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    for name, m in out["methods"].items():
+        if name in SWEPT or name.startswith("self-correction (best"):  # the latter repeats one expert's point
+            continue
+        c, q = m["points"][0]
+        ax.scatter(c, q, marker="*" if m.get("bound") else "o", s=90 if m.get("bound") else 25, color="grey"
+                   if not m.get("bound") else "gold", edgecolors="k", linewidths=0.4, zorder=3)
+        ax.annotate(name, (c, q), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    strong = out["methods"][out["strong"]]["points"][0]
+    oracle = next((m["points"][0] for m in out["methods"].values() if m.get("bound")), None)
+    if strong:
+        ax.axhline(strong[1], ls=":", color="tab:green", lw=1, label=f"best single expert ({out['strong']})")
+    if oracle:
+        ax.axhline(oracle[1], ls=":", color="goldenrod", lw=1, label="oracle (upper bound)")
+    for method, style in zip(SWEPT, ("-D", "--s", "-.^")):
+        mine = [r for r in rows if r["method"] == method]
+        xs, ys, es = [], [], []
+        for alpha in out["alpha_sweep"]:
+            at = [r for r in mine if r["alpha"] == alpha]
+            xs.append(np.mean([r["cost_norm"] for r in at]))
+            ys.append(np.mean([r["accuracy"] for r in at]))
+            es.append(np.std([r["accuracy"] for r in at], ddof=1) if len(at) > 1 else 0.0)
+        order = np.argsort(xs)
+        m = out["methods"][method]
+        ax.errorbar(np.array(xs)[order], np.array(ys)[order], yerr=np.array(es)[order], fmt=style, ms=4, capsize=2,
+                    alpha=0.8, label=f"{method}: AIQ {m['aiq']:.3f}" if m["aiq"] is not None else method)
+    ax.set_xlabel("average cost per query (normalised: priciest expert's mean call = 1)")
+    ax.set_ylabel(out["metric"])
+    ax.set_title(f"{out['dataset']}: quality against cost, {out['test_queries']} test queries "
+                 f"(alpha sweep, mean ± std over {len(out['seeds'])} seeds)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def csv_bytes(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def curves(p: Params, datasets: list[str]) -> dict[str, str]:
+    tables, all_rows = {}, []
+    for ds in datasets:
+        out, rows = curves_dataset(p, ds)
+        folder = results_dir(p, "curves", ds)
+        md = render_frontier(out)
+        write_json(out, folder / "frontier.json")
+        atomic_write_bytes(folder / "frontier.md", (md + "\n").encode())
+        atomic_write_bytes(folder / "curve.csv", csv_bytes(rows))
+        plot_frontier(out, rows, folder / "cost_accuracy.png")
+        tables[ds] = md
+        # dvc plots: the seed-mean point of each swept method at each alpha
+        for method in SWEPT:
+            for (c, q), alpha in zip(out["methods"][method]["points"], p.evaluate.alpha_sweep):
+                all_rows.append({"dataset": ds, "method": method, "alpha": alpha, "cost_norm": c, "accuracy": q})
+    atomic_write_bytes(p.path("metrics") / "curves.csv", csv_bytes(all_rows))
+    return tables

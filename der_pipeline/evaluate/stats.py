@@ -1,0 +1,43 @@
+"""Uncertainty: bootstrap intervals over queries, paired bootstrap tests, and means over seeds."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def bootstrap_ci(values: np.ndarray, n: int, seed: int) -> tuple[float, float]:
+    """Percentile 95% interval of the mean over queries (queries resampled with replacement)."""
+    values = np.asarray(values, dtype=np.float64)
+    if n <= 0 or len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n, len(values)))
+    means = values[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int, seed: int) -> dict:
+    """Paired bootstrap of mean(a) - mean(b) over the same queries.
+
+    The same resampled query indices are used for both methods, so per-query
+    difficulty cancels. Returns the observed difference, its percentile 95%
+    interval, and a two-sided p-value for "no difference": twice the smaller
+    share of resampled differences on either side of 0 (with +1 smoothing, so
+    it is never exactly 0), capped at 1.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired bootstrap needs two equal-length 1-D arrays, got {a.shape} and {b.shape}")
+    d = a - b
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n, len(d)))
+    boot = d[idx].mean(axis=1)
+    below, above = int((boot <= 0).sum()), int((boot >= 0).sum())
+    p = min(1.0, 2.0 * (min(below, above) + 1) / (n + 1))
+    return {"diff": float(d.mean()), "ci_low": float(np.percentile(boot, 2.5)),
+            "ci_high": float(np.percentile(boot, 97.5)), "p_value": p, "n_queries": len(d)}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
