@@ -170,6 +170,7 @@ class AblationConfig:
     signal: list[str] = field(default_factory=lambda: ["task", "bertscore", "mix"])
     reward: list[str] = field(default_factory=lambda: ["per_step", "terminal"])  # a form or a preset name
     state: list[str] = field(default_factory=lambda: ["query_answer", "query"])
+    state_forms: list[str] = field(default_factory=lambda: ["per_step"])  # reward forms the state rows use
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,8 @@ class EvaluateConfig:
             _check(s in ("task", "bertscore", "mix"), f"{key}.ablations.signal", "a list of task / bertscore / mix")
         for s in self.ablations.state:
             _check(s in ("query_answer", "query"), f"{key}.ablations.state", "a list of query_answer / query")
+        for s in self.ablations.state_forms:
+            _check(s in ("per_step", "terminal"), f"{key}.ablations.state_forms", "a list of per_step / terminal")
         for d in self.cross_task:
             _check(d in DATASETS, f"{key}.cross_task", f"a list of datasets from {list(DATASETS)}")
 

@@ -120,7 +120,8 @@ def test_curves_ablations_and_cross_task_outputs(project):
     assert (project / "results" / "curves" / "boolq" / "cost_accuracy.png").stat().st_size > 5000
     a = json.loads((project / "results" / "ablate" / "hotpotqa" / "ablations.json").read_text())
     assert [r["setting"] for r in a["tables"]["reward"]] == ["per_step", "terminal", "der-paper"]
-    assert [r["setting"] for r in a["tables"]["state"]] == ["query_answer", "query"]
+    assert [r["setting"] for r in a["tables"]["state"]] == ["query_answer, per_step", "query, per_step",
+                                                            "query_answer, terminal", "query, terminal"]
     assert sum(r["is_default"] for r in a["tables"]["signal"]) == 1
     c = json.loads((project / "results" / "cross_task" / "metrics.json").read_text())
     assert c["datasets"] == ["boolq", "hotpotqa"]
@@ -192,3 +193,13 @@ def test_report_writes_the_readme_section_from_metrics(project):
     check = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "report", "--check"], cwd=project,
                            capture_output=True, text=True)
     assert check.returncode == 0
+
+
+def test_demo_rerun_runs_the_chain_with_real_experts_and_ends_with_a_table(project, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "demo", "--rerun", "--sample", "2",
+                           "--workdir", str(tmp_path / "demo")], cwd=project, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tree = TreeStore(tmp_path / "demo" / "data" / "tree" / "boolq").read()
+    assert tree.num_rows == 2 * 20
+    assert "| Method |" in proc.stdout and "DER (agent" in proc.stdout and "oracle" in proc.stdout

@@ -218,7 +218,8 @@ def test_der_paper_preset_trains_and_learns_the_expert_bertscore_favours(repo_pa
     t = synthetic_tree(n_queries=64, n_experts=3, good=1)  # BERTScore 0.9 for expert 1's answers, 0.4 otherwise
     t.params_b = (0.1, 0.3, 1.5)
     p = repo_params.with_preset("der-paper")
-    agent, history = train_ppo(t, p.reward, dataclasses.replace(p.ppo, total_timesteps=40_960, num_envs=128), seed=1)
+    ppo = dataclasses.replace(p.ppo, total_timesteps=40_960, num_envs=128, val_fraction=0.0)
+    agent, history = train_ppo(t, p.reward, ppo, seed=1)
     assert np.isfinite(history[-1]["mean_return"])
     w = PolicyRouter(agent, cost_scale(t)).route(t)
     first_is_1 = w[:, 1] + w[:, 3 + 3:3 + 6].sum(axis=1)

@@ -26,7 +26,8 @@ def variants(p: Params) -> dict[str, list[tuple[str, Params]]]:
     return {
         "signal": [(s, with_reward(p, signal=s)) for s in ab.signal],
         "reward": reward_rows,
-        "state": [(s, with_ppo(p, state=s)) for s in ab.state],
+        "state": [(s if len(ab.state_forms) == 1 else f"{s}, {form}", with_ppo(with_reward(p, form=form), state=s))
+                  for form in ab.state_forms for s in ab.state],
     }
 
 

@@ -92,27 +92,21 @@ class Oracle(Router):
         return w
 
 
-class KNNRouter(Router):
-    """RouteLLM-style supervised router: k-NN on the query embedding predicts each expert's quality;
-    pick argmax(predicted quality - alpha * normalised mean cost). One call."""
+class PredictedQualityRouter(Router):
+    """A one-call router that predicts each expert's quality for a query and picks
+    argmax(predicted quality - alpha * the expert's normalised mean cost); ``alpha`` is its willingness
+    to pay (the reward's alpha unless given)."""
 
-    def __init__(self, alpha: float | None = None):
-        self.alpha = alpha
-        self.name = "supervised router (kNN)" if alpha is None else f"supervised router (kNN, alpha={alpha:g})"
+    alpha_used: float
+    cost: np.ndarray
 
-    def fit(self, train: TreeArrays, p: Params) -> "KNNRouter":
-        self.k = min(p.evaluate.knn_k, train.n_queries)
-        self.alpha_used = p.reward.alpha if self.alpha is None else self.alpha
-        self.train_emb = train.q_emb / np.linalg.norm(train.q_emb, axis=1, keepdims=True).clip(1e-9)
-        self.train_q = train.quality(p.reward)[0]
-        self.cost = train.cost1.mean(axis=0) / cost_scale(train)
-        return self
-
+    @abstractmethod
     def predict(self, test: TreeArrays) -> np.ndarray:
-        emb = test.q_emb / np.linalg.norm(test.q_emb, axis=1, keepdims=True).clip(1e-9)
-        sims = emb @ self.train_emb.T
-        nn_idx = np.argsort(-sims, axis=1, kind="stable")[:, : self.k]
-        return self.train_q[nn_idx].mean(axis=1)  # [Q, N]
+        """[Q, N] predicted quality of each expert's answer."""
+
+    def _fit_price(self, train: TreeArrays, p: Params, alpha: float | None) -> None:
+        self.alpha_used = p.reward.alpha if alpha is None else alpha
+        self.cost = train.cost1.mean(axis=0) / cost_scale(train)
 
     def route(self, test: TreeArrays, alpha: float | None = None) -> np.ndarray:
         a = self.alpha_used if alpha is None else alpha
@@ -123,18 +117,39 @@ class KNNRouter(Router):
         return w
 
 
-class MLPRouter(Router):
+class KNNRouter(PredictedQualityRouter):
+    """RouteLLM-style supervised router: the mean quality of each expert over the k nearest train
+    queries (cosine similarity of query embeddings). Deterministic."""
+
+    def __init__(self, alpha: float | None = None):
+        self.alpha = alpha
+        self.name = "supervised router (kNN)" if alpha is None else f"supervised router (kNN, alpha={alpha:g})"
+
+    def fit(self, train: TreeArrays, p: Params) -> "KNNRouter":
+        self._fit_price(train, p, self.alpha)
+        self.k = min(p.evaluate.knn_k, train.n_queries)
+        self.train_emb = train.q_emb / np.linalg.norm(train.q_emb, axis=1, keepdims=True).clip(1e-9)
+        self.train_q = train.quality(p.reward)[0]
+        return self
+
+    def predict(self, test: TreeArrays) -> np.ndarray:
+        emb = test.q_emb / np.linalg.norm(test.q_emb, axis=1, keepdims=True).clip(1e-9)
+        sims = emb @ self.train_emb.T
+        nn_idx = np.argsort(-sims, axis=1, kind="stable")[:, : self.k]
+        return self.train_q[nn_idx].mean(axis=1)  # [Q, N]
+
+
+class MLPRouter(PredictedQualityRouter):
     """A seeded supervised router (in the manner of RouteLLM's classifier routers): a small MLP on the
-    query embedding predicts every expert's quality (sigmoid, cross-entropy on the train split's
-    P signal); pick argmax(predicted quality - alpha * normalised mean cost). One call."""
+    query embedding predicts every expert's quality (sigmoid, cross-entropy on the train split's P signal)."""
 
     def __init__(self, alpha: float | None = None, seed: int = 1):
         self.alpha, self.seed = alpha, seed
         self.name = "supervised router (MLP)" if alpha is None else f"supervised router (MLP, alpha={alpha:g})"
 
     def fit(self, train: TreeArrays, p: Params) -> "MLPRouter":
+        self._fit_price(train, p, self.alpha)
         torch.manual_seed(self.seed)
-        self.alpha_used = p.reward.alpha if self.alpha is None else self.alpha
         x = torch.as_tensor(train.q_emb, dtype=torch.float32)
         y = torch.as_tensor(train.quality(p.reward)[0], dtype=torch.float32).clamp(0, 1)
         self.net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.ReLU(),
@@ -145,20 +160,11 @@ class MLPRouter(Router):
             opt.zero_grad()
             loss.backward()
             opt.step()
-        self.cost = train.cost1.mean(axis=0) / cost_scale(train)
         return self
 
     def predict(self, test: TreeArrays) -> np.ndarray:
         with torch.no_grad():
             return torch.sigmoid(self.net(torch.as_tensor(test.q_emb, dtype=torch.float32))).numpy()
-
-    def route(self, test: TreeArrays, alpha: float | None = None) -> np.ndarray:
-        a = self.alpha_used if alpha is None else alpha
-        choice = np.argmax(self.predict(test) - a * self.cost[None, :], axis=1)
-        n = test.n_experts
-        w = np.zeros((test.n_queries, n * (n + 1)))
-        w[np.arange(test.n_queries), choice] = 1.0
-        return w
 
 
 class PolicyRouter(Router):

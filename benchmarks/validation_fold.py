@@ -1,0 +1,47 @@
+"""Why PPO keeps the iteration with the best validation return: train and test accuracy of DER with and
+without the validation fold, on a dataset's cached tree (a few PPO runs, about a minute).
+
+    python benchmarks/validation_fold.py [--params params.yaml] [--dataset boolq] [--steps 150000]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+
+from der_pipeline.config import load_params
+from der_pipeline.evaluate.common import load_split
+from der_pipeline.router.methods import PolicyRouter
+from der_pipeline.router.ppo import train_ppo
+
+
+def accuracy(router: PolicyRouter, arrays) -> float:
+    return float((router.route(arrays) * arrays.path_matrix("task")).sum(axis=1).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default="boolq")
+    ap.add_argument("--steps", type=int, default=150_000, help="PPO steps (long enough to memorise)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    args = ap.parse_args()
+    p = load_params(args.params)
+    split = load_split(p, args.dataset)
+    print(f"{args.dataset}: {split.train.n_queries} train / {split.test.n_queries} test queries, "
+          f"{args.steps:,} PPO steps, reward {p.reward.form} alpha={p.reward.alpha:g}, seeds {args.seeds}")
+    for label, frac in (("no validation fold (keep the last iteration)", 0.0),
+                        (f"validation fold {p.ppo.val_fraction:g} (keep the best iteration)", p.ppo.val_fraction)):
+        cfg = dataclasses.replace(p.ppo, total_timesteps=args.steps, val_fraction=frac)
+        train_acc, test_acc = [], []
+        for seed in args.seeds:
+            agent, _ = train_ppo(split.train, p.reward, cfg, seed=seed, scale=split.scale)
+            router = PolicyRouter(agent, split.scale, state=cfg.state)
+            train_acc.append(accuracy(router, split.train))
+            test_acc.append(accuracy(router, split.test))
+        print(f"{label:48s}: train accuracy {np.mean(train_acc):.3f}, test accuracy {np.mean(test_acc):.3f}")
+
+
+if __name__ == "__main__":
+    main()
