@@ -71,7 +71,7 @@ def render_ablations(out: dict, p: Params) -> str:
     parts = []
     for ablation, rows in out["tables"].items():
         lines = [f"**{titles[ablation]}**", "",
-                 "| Setting | Accuracy (mean ± std over seeds) | Avg Calls | Cost (norm.) | Refines | "
+                 "| Setting | Score, task metric (mean ± std over seeds) | Avg Calls | Cost (norm.) | Refines | "
                  "Stops on a right first answer | Refines a wrong first answer |", "|---|---|---|---|---|---|---|"]
         for r in rows:
             label = f"{r['setting']} (params.yaml)" if r["is_default"] else r["setting"]
