@@ -49,11 +49,15 @@ def bertscore_evidence(split: DatasetSplit, thresholds: list[float]) -> dict:
 def ablate_dataset(p: Params, dataset: str) -> dict:
     split = load_split(p, dataset)
     tables: dict[str, list[dict]] = {}
+    seen: dict[tuple, dict] = {}  # rows of different tables can share settings (e.g. "terminal"): train once
     for ablation, rows in variants(p).items():
         tables[ablation] = []
         for label, pv in rows:
-            policies = der_policies(pv, split, f"DER ({ablation}={label})")
-            m = summarize([r.route(split.test) for r in policies], split.test, split.scale, p)
+            key = (pv.reward, pv.ppo)
+            if key not in seen:
+                policies = der_policies(pv, split, f"DER ({ablation}={label})")
+                seen[key] = summarize([r.route(split.test) for r in policies], split.test, split.scale, p)
+            m = seen[key]
             default = pv.reward == p.reward and pv.ppo == p.ppo
             tables[ablation].append({"setting": label, "is_default": default, **public(m)})
     thresholds = [p.reward.p0] + [p.with_preset(r).reward.p0 for r in p.evaluate.ablations.reward if r in p.presets]

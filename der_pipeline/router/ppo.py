@@ -75,14 +75,22 @@ def validation_fold(arrays: TreeArrays, fraction: float) -> tuple[TreeArrays, Tr
     return arrays.subset(fit), arrays.subset(val)
 
 
-@torch.no_grad()
 def greedy_return(agent: Agent, arrays: TreeArrays, reward: RewardConfig, scale: float | None, state: str) -> float:
     """Mean episode return of the greedy policy, one episode per query (the model-selection score)."""
-    env = VectorTreeEnv(arrays, reward, num_envs=arrays.n_queries, scale=scale, autoreset=False, state=state)
-    obs, mask = env.reset(torch.arange(arrays.n_queries))
-    total = torch.zeros(arrays.n_queries)
-    live = torch.ones(arrays.n_queries, dtype=torch.bool)
-    for _ in range(reward.t_max):
+    return _greedy_return(agent, _episode_env(arrays, reward, scale, state))
+
+
+def _episode_env(arrays: TreeArrays, reward: RewardConfig, scale: float | None, state: str) -> VectorTreeEnv:
+    return VectorTreeEnv(arrays, reward, num_envs=arrays.n_queries, scale=scale, autoreset=False, state=state)
+
+
+@torch.no_grad()
+def _greedy_return(agent: Agent, env: VectorTreeEnv) -> float:
+    n = env.num_envs
+    obs, mask = env.reset(torch.arange(n))
+    total = torch.zeros(n)
+    live = torch.ones(n, dtype=torch.bool)
+    for _ in range(env.cfg.t_max):
         action = agent.greedy(obs, mask)
         obs, mask, r, done, _ = env.step(torch.where(live, action, torch.zeros_like(action)))
         total += torch.where(live, r, torch.zeros_like(r))
@@ -105,6 +113,7 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
     scale = scale if scale is not None else cost_scale(arrays)
     reward_cfg = reward  # (the rollout loop below names each step's rewards `reward`, as cleanrl does)
     arrays, val = validation_fold(arrays, cfg.val_fraction)
+    val_env = _episode_env(val, reward_cfg, scale, cfg.state) if val is not None else None  # built once
     best_val, best_state, best_iteration = -float("inf"), None, 0
     envs = VectorTreeEnv(arrays, reward, cfg.num_envs, seed=seed, scale=scale, state=cfg.state)
     agent = Agent(envs.obs_dim, envs.n_actions, cfg.hidden)
@@ -232,8 +241,8 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(time.perf_counter() - t0, 3),
             }
-            if val is not None and (iteration % cfg.eval_every == 0 or iteration == num_iterations):
-                row["val_return"] = greedy_return(agent, val, reward_cfg, scale, cfg.state)
+            if val_env is not None and (iteration % cfg.eval_every == 0 or iteration == num_iterations):
+                row["val_return"] = _greedy_return(agent, val_env)
                 if row["val_return"] > best_val:
                     best_val, best_iteration = row["val_return"], iteration
                     best_state = {k: v.clone() for k, v in agent.state_dict().items()}
