@@ -50,6 +50,7 @@ def results_section(p: Params, readme_dir: Path) -> str:
     from der_pipeline.evaluate.common import results_dir
     from der_pipeline.evaluate.cross_task import render as render_cross_task
     from der_pipeline.evaluate.curves import render_frontier
+    from der_pipeline.evaluate.findings import render_findings
 
     parts = [START, ""]
     base = results_dir(p, "evaluate")
@@ -59,9 +60,13 @@ def results_section(p: Params, readme_dir: Path) -> str:
     else:
         parts += ["Every number below is read from the files under `results/` by `der-pipeline report`; "
                   "`dvc repro` rebuilds those files from the committed trees without calling an LLM.", ""]
+    outs = [json.loads(path.read_text()) for path in found]
+    cross = _load(results_dir(p, "cross_task") / "metrics.json")
+    if outs:
+        ablations = {o["dataset"]: _load(results_dir(p, "ablate", o["dataset"]) / "ablations.json") for o in outs}
+        parts += render_findings(outs, {k: v for k, v in ablations.items() if v}, cross)
     rel = lambda f: Path(f).resolve().relative_to(readme_dir.resolve()).as_posix()  # noqa: E731
-    for path in found:
-        out = json.loads(path.read_text())
+    for out in outs:
         ds = out["dataset"]
         parts += [f"### {ds}", "", render_table(out), ""]
         sc = out["methods"].get("self-correction (best on train)", {})
@@ -82,7 +87,6 @@ def results_section(p: Params, readme_dir: Path) -> str:
         if ablations:
             parts += [f"#### {ds}: ablations", "", render_ablations(ablations, p), ""]
         parts += tree_block(p, ds)
-    cross = _load(results_dir(p, "cross_task") / "metrics.json")
     if cross and "skipped" not in cross:
         parts += ["### One router across tasks", "", render_cross_task(cross), ""]
     parts.append(END)

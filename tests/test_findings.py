@@ -1,0 +1,53 @@
+"""The README's findings are computed from the results JSON: each verdict must follow the numbers."""
+from der_pipeline.evaluate.findings import dataset_findings, render_findings, status_line
+
+EXPERTS = ["small", "big"]
+
+
+def method(acc, cost, calls=1.0, std=0.0, refine=0.0, stop_right=1.0, refine_wrong=0.0):
+    return {"accuracy": acc, "accuracy_std": std, "cost_gflops": cost, "calls": calls, "refine_rate": refine,
+            "stop_if_right": stop_right, "refine_if_wrong": refine_wrong}
+
+
+def results(der_acc, der_cost, rr_p, best_p):
+    der = "DER (agent, per_step, alpha=0.1)"
+    rr = "round-robin (small > big)"
+    return {"dataset": "toy", "metric": "accuracy", "train_queries": 70, "test_queries": 30, "data_seed": 13,
+            "seeds": [1, 2], "experts": EXPERTS, "der_method": der, "best_single": "single: big",
+            "methods": {"single: small": method(0.5, 10.0), "single: big": method(0.8, 100.0),
+                        rr: method(0.7, 110.0, calls=2.0, refine=1.0), der: method(der_acc, der_cost, 1.5, 0.01, 0.5,
+                                                                                   0.4, 0.6),
+                        "oracle (upper bound)": method(0.9, 40.0)},
+            "comparisons": [{"b": rr, "diff": der_acc - 0.7, "ci_low": -0.1, "ci_high": 0.2, "p_value": rr_p},
+                            {"b": "single: big", "diff": der_acc - 0.8, "ci_low": -0.2, "ci_high": -0.01,
+                             "p_value": best_p}]}
+
+
+def test_status_line_counts_queries_and_tree_nodes():
+    line = status_line(results(0.75, 50.0, 0.5, 0.01))
+    assert "100 queries with complete 6-node trees (70 train, 30 test, data seed 13)" in line
+
+
+def test_aim_met_only_when_accuracy_at_least_round_robin_at_lower_cost():
+    met = " ".join(dataset_findings(results(0.75, 50.0, rr_p=0.01, best_p=0.01)))
+    assert "significantly above round-robin" in met and "is met on the point estimates." in met
+    weak = " ".join(dataset_findings(results(0.75, 50.0, rr_p=0.3, best_p=0.01)))
+    assert "not significantly different from round-robin" in weak and "met on the point estimates, but not" in weak
+    pricier = " ".join(dataset_findings(results(0.75, 120.0, rr_p=0.01, best_p=0.01)))
+    assert "is not met." in pricier
+    worse = " ".join(dataset_findings(results(0.65, 50.0, rr_p=0.01, best_p=0.01)))
+    assert "significantly below round-robin" in worse and "is not met." in worse
+
+
+def test_findings_carry_the_numbers_they_claim():
+    text = " ".join(dataset_findings(results(0.75, 50.0, rr_p=0.3, best_p=0.0004)))
+    assert "strongest single expert is big (0.800 at 100 GFLOPs" in text
+    assert "significantly below big alone (-0.050" in text and "p < 0.001" in text and "0.50x its cost" in text
+    assert "refines 50% of the test queries; it stops on 40% of its right first answers" in text
+    assert "The oracle reaches 0.900: +0.150 over DER" in text
+
+
+def test_render_findings_lists_every_dataset():
+    out = results(0.75, 50.0, 0.3, 0.01)
+    lines = render_findings([out, {**out, "dataset": "other"}], {})
+    assert any(l.startswith("- **toy**") for l in lines) and any(l.startswith("- **other**") for l in lines)
