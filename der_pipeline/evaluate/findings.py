@@ -5,7 +5,7 @@ The README's status line and its reading of the tables come from here, so that w
 """
 from __future__ import annotations
 
-from der_pipeline.evaluate.run import KNN, MLP, ORACLE, ROUND_ROBIN
+from der_pipeline.evaluate.run import KNN, MLP, ORACLE, round_robin_name
 
 SIGNIFICANCE = 0.05  # a paired-bootstrap p-value under this is called "significant"
 
@@ -36,7 +36,7 @@ def dataset_findings(out: dict, ablations: dict | None = None) -> list[str]:
     m = out["methods"]
     der_name = out["der_method"]
     der, best = m[der_name], m[out["best_single"]]
-    rr_name = next(k for k in m if k.startswith(ROUND_ROBIN))
+    rr_name = round_robin_name(m)
     rr = m[rr_name]
     comp = {c["b"]: c for c in out["comparisons"]}
     best_label = out["best_single"].removeprefix("single: ")
@@ -57,7 +57,7 @@ def dataset_findings(out: dict, ablations: dict | None = None) -> list[str]:
     c = comp[out["best_single"]]
     lines.append(f"DER is {_verdict(c)} {best_label} alone ({_vs(c)}) at "
                  f"{der['cost_gflops'] / best['cost_gflops']:.2f}x its cost.")
-    sup = [f"{_verdict(comp[name])} the supervised {name.split('(')[1].rstrip(')')} router ({_vs(comp[name])})"
+    sup = [f"{_verdict(comp[name])} the {name} ({_vs(comp[name])})"
            for name in (MLP, KNN) if name in comp]
     if sup:
         lines.append("DER is " + ", and ".join(sup) + ".")

@@ -62,9 +62,10 @@ def results_section(p: Params, readme_dir: Path) -> str:
                   "`dvc repro` rebuilds those files from the committed trees without calling an LLM.", ""]
     outs = [json.loads(path.read_text()) for path in found]
     cross = _load(results_dir(p, "cross_task") / "metrics.json")
+    loaded = {o["dataset"]: _load(results_dir(p, "ablate", o["dataset"]) / "ablations.json") for o in outs}
+    ablations = {ds: a for ds, a in loaded.items() if a}  # read once: the findings and the tables share them
     if outs:
-        ablations = {o["dataset"]: _load(results_dir(p, "ablate", o["dataset"]) / "ablations.json") for o in outs}
-        parts += render_findings(outs, {k: v for k, v in ablations.items() if v}, cross)
+        parts += render_findings(outs, ablations, cross)
     rel = lambda f: Path(f).resolve().relative_to(readme_dir.resolve()).as_posix()  # noqa: E731
     for out in outs:
         ds = out["dataset"]
@@ -83,9 +84,8 @@ def results_section(p: Params, readme_dir: Path) -> str:
             png = results_dir(p, "curves", ds) / "cost_accuracy.png"
             parts += [f"#### {ds}: quality against cost", "", f"![quality against cost, {ds}]({rel(png)})", "",
                       render_frontier(frontier), ""]
-        ablations = _load(results_dir(p, "ablate", ds) / "ablations.json")
-        if ablations:
-            parts += [f"#### {ds}: ablations", "", render_ablations(ablations, p), ""]
+        if ds in ablations:
+            parts += [f"#### {ds}: ablations", "", render_ablations(ablations[ds], p), ""]
         parts += tree_block(p, ds)
     if cross and "skipped" not in cross:
         parts += ["### One router across tasks", "", render_cross_task(cross), ""]

@@ -24,6 +24,11 @@ MLP = "supervised router (MLP)"
 ORACLE = "oracle (upper bound)"
 
 
+def round_robin_name(methods: dict) -> str:
+    """The round-robin row's name (it carries the expert order, e.g. "round-robin (a > b)")."""
+    return next(k for k in methods if k.startswith(ROUND_ROBIN))
+
+
 def der_name(p: Params) -> str:
     return f"DER (agent, {p.reward.form}, alpha={p.reward.alpha:g})"
 
@@ -53,7 +58,7 @@ def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
 
     singles = {k: v for k, v in methods.items() if k.startswith("single: ")}
     best_single = max(singles, key=lambda k: singles[k]["accuracy"])
-    rr = next(k for k in methods if k.startswith(ROUND_ROBIN))
+    rr = round_robin_name(methods)
     comparisons = []
     for other, why in ((rr, ""), (best_single, "the best single expert on the test split"),
                        (MLP, "the supervised MLP router"), (KNN, "the supervised kNN router")):
@@ -110,7 +115,7 @@ def evaluate(p: Params, datasets: list[str]) -> dict[str, str]:
         tables[ds] = md
         m = out["methods"]
         der = m[out["der_method"]]
-        rr = next(v for k, v in m.items() if k.startswith(ROUND_ROBIN))
+        rr = m[round_robin_name(m)]
         summary[ds] = {"test_queries": out["test_queries"], "der_accuracy": der["accuracy"],
                        "der_accuracy_std": der["accuracy_std"], "der_calls": der["calls"],
                        "der_cost_norm": der["cost_norm"], "round_robin_accuracy": rr["accuracy"],
