@@ -13,7 +13,7 @@ import argparse
 import time
 
 from der_pipeline.config import load_params
-from der_pipeline.data.prepare import load_prepared
+from der_pipeline.artifacts import load_prepared
 from der_pipeline.experts.backends import LlamaCppBackend
 from der_pipeline.experts.prompts import build_prompt
 

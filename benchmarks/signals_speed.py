@@ -8,7 +8,6 @@ BERTScore F1 (packaged MiniLM, 6 layers) of yes/no answers against yes/no refere
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def main() -> None:
         src = p.path("data")
         for sub in ("prepared", "tree"):
             (Path(tmp) / sub).symlink_to((src / sub).resolve())
-        q = dataclasses.replace(p, paths=dataclasses.replace(p.paths, data=tmp))
+        q = p.override("paths", data=str(tmp))
         e = embed(q, args.dataset)
         s = score(q, args.dataset)
     print(f"embed: {e['rows']} texts in {e['seconds']} s = {e['rows_per_s']} per s")

@@ -6,7 +6,6 @@ without the validation fold, on a dataset's cached tree (a few PPO runs, about a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 
@@ -33,11 +32,11 @@ def main() -> None:
           f"{args.steps:,} PPO steps, reward {p.reward.form} alpha={p.reward.alpha:g}, seeds {args.seeds}")
     for label, frac in (("no validation fold (keep the last iteration)", 0.0),
                         (f"validation fold {p.ppo.val_fraction:g} (keep the best iteration)", p.ppo.val_fraction)):
-        cfg = dataclasses.replace(p.ppo, total_timesteps=args.steps, val_fraction=frac)
+        cfg = p.override("ppo", total_timesteps=args.steps, val_fraction=frac).ppo
         train_acc, test_acc = [], []
         for seed in args.seeds:
             agent, _ = train_ppo(split.train, p.reward, cfg, seed=seed, scale=split.scale)
-            router = PolicyRouter(agent, split.scale, state=cfg.state)
+            router = PolicyRouter(agent, split.scale, p.reward, state=cfg.state)
             train_acc.append(accuracy(router, split.train))
             test_acc.append(accuracy(router, split.test))
         print(f"{label:48s}: train accuracy {np.mean(train_acc):.3f}, test accuracy {np.mean(test_acc):.3f}")

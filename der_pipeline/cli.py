@@ -34,8 +34,21 @@ def _load(path: Path) -> Params:
 
 
 def _fail(exc: Exception) -> None:
+    """Exit 2 for a bad setting (from params.yaml or a flag alike), 1 for any other failure."""
+    if isinstance(exc, ConfigError):
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2)
     typer.secho(f"error: {exc}", fg="red", err=True)
     raise typer.Exit(1)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The failures a user can cause and fix (bad input, a missing file or model, a server down): a clean message."""
+    from der_pipeline.experts.backends import BackendError
+    from der_pipeline.experts.models import ModelNotFoundError
+    from der_pipeline.tree_store import CorruptShardError
+
+    return (FileNotFoundError, ValueError, ConfigError, CorruptShardError, BackendError, ModelNotFoundError)
 
 
 def _datasets(p: Params, chosen: Optional[list[str]]) -> list[str]:
@@ -58,7 +71,8 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
 @app.command()
 def prepare(params: Path = ParamsOpt) -> None:
     """Read the raw benchmarks into one canonical Parquet table per dataset (data/prepared/), seeded train/test split."""
-    from der_pipeline.data.prepare import load_prepared, prepare as run
+    from der_pipeline.artifacts import load_prepared
+    from der_pipeline.data.prepare import prepare as run
     from der_pipeline.data.sources import SourceError
 
     p = _load(params)
@@ -77,16 +91,18 @@ def generate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt
              limit: Optional[int] = typer.Option(None, help="only the first N prepared queries of each dataset"),
              backend: Optional[str] = typer.Option(None, help="override generation.backend: llamacpp | openai | vllm"),
              progress: bool = typer.Option(True, help="show a progress bar")) -> None:
-    """Run every expert path up to 2 hops (N answers, N x N KTP refinements) into data/tree/. Resumable."""
-    from der_pipeline.experts.backends import BackendError
-    from der_pipeline.experts.models import ModelNotFoundError
+    """Run every expert path up to 2 hops (N answers, N x N KTP refinements) into data/tree/.
+
+    Resumable: a rerun skips every node already stored under its current key (the rendered prompt,
+    decoding settings, model and backend) and makes again any node made under other settings. An
+    unreadable shard is moved aside as .corrupt and its nodes are made again."""
     from der_pipeline.generate.run import generate as run
 
     p = _load(params)
     try:
-        p = p.with_overrides("generation", backend=backend)
+        p = p.override("generation", backend=backend)
         stats = run(p, _datasets(p, dataset), limit=limit, progress=progress)
-    except (BackendError, ModelNotFoundError, ConfigError, FileNotFoundError) as exc:
+    except _user_errors() as exc:
         _fail(exc)
     except KeyboardInterrupt:
         typer.secho("interrupted: finished nodes are saved; rerun the same command to continue", fg="yellow", err=True)
@@ -101,7 +117,7 @@ def _per_dataset(params: Path, dataset: Optional[list[str]], run) -> None:
     for ds in _datasets(p, dataset):
         try:
             typer.echo(json.dumps(run(p, ds)))
-        except (FileNotFoundError, ValueError) as exc:
+        except _user_errors() as exc:
             _fail(exc)
 
 
@@ -122,41 +138,65 @@ def score(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -
 
 
 @app.command()
+def confidence(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
+               progress: bool = typer.Option(True, help="show a progress bar")) -> None:
+    """Every current node's confidence signals (yes/no mass, token log-probabilities, length) in
+    data/confidence/: copied from the tree where generation recorded them, else scored with llama.cpp by
+    prompt evaluation only (no generation; the tree's text is untouched). Resumable: rerun to continue."""
+    from der_pipeline.signals.confidence import confidence_dataset
+
+    p = _load(params)
+    for ds in _datasets(p, dataset):
+        try:
+            typer.echo(json.dumps(confidence_dataset(p, ds, progress=progress)))
+        except _user_errors() as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            typer.secho("interrupted: scored nodes are saved; rerun the same command to continue", fg="yellow",
+                        err=True)
+            raise typer.Exit(130) from None
+
+
+@app.command()
 def train(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
           preset: Optional[str] = typer.Option(None, help="apply a named preset from params.yaml first (e.g. der-paper)"),
           alpha: Optional[float] = typer.Option(None, help="cost weight a in the reward"),
           beta: Optional[float] = typer.Option(None, help="weight b of the improvement P(y_t) - P(y_t-1)"),
-          gamma: Optional[float] = typer.Option(None, help="bonus/penalty g around the threshold p0"),
+          reward_gamma: Optional[float] = typer.Option(
+              None, help="reward.gamma: the bonus/penalty g around the threshold p0 (not the PPO discount)"),
           p0: Optional[float] = typer.Option(None, help="quality threshold p0"),
           signal: Optional[str] = typer.Option(None, help="P signal: task | bertscore | mix"),
           form: Optional[str] = typer.Option(None, help="reward form: per_step (the proposal) | terminal"),
           state: Optional[str] = typer.Option(None, help="what the policy sees: query_answer | query"),
+          ppo_gamma: Optional[float] = typer.Option(None, help="ppo.gamma: PPO's discount factor, in [0, 1]"),
           total_timesteps: Optional[int] = typer.Option(None, help="PPO environment steps"),
           seed: Optional[int] = typer.Option(None, help="train this one PPO seed instead of params' seeds"),
-          out: Optional[Path] = typer.Option(None, help="checkpoint folder (default: <models>/<dataset>)")) -> None:
+          out: Path = typer.Option(Path("runs/train"), help="checkpoint folder: <out>/<dataset>/seed-<s>/"),
+          to_models: bool = typer.Option(False, "--to-models",
+                                         help="write into paths.models instead of --out: the DVC-tracked "
+                                              "policies (what the `train` stage of `dvc repro` does)")) -> None:
     """Train the PPO router on the train split of the cached tree (seconds per seed, no LLM).
 
-    Writes <models>/<dataset>/seed-<s>/{policy.pt, train_log.jsonl, training_curve.png} for every seed.
+    Writes <out>/<dataset>/seed-<s>/{policy.pt, train_log.jsonl, training_curve.png} for every seed.
+    By default <out> is runs/train, so an experiment never overwrites the DVC-tracked models/ behind
+    DVC's back; `dvc repro` (or --to-models) writes there.
     """
-    import dataclasses
-
     from der_pipeline.router.train import train_dataset
 
     p = _load(params)
     try:
         if preset:
             p = p.with_preset(preset)
-        p = p.with_overrides("reward", alpha=alpha, beta=beta, gamma=gamma, p0=p0, signal=signal, form=form)
-        p = p.with_overrides("ppo", total_timesteps=total_timesteps, state=state)
+        p = p.override("reward", alpha=alpha, beta=beta, gamma=reward_gamma, p0=p0, signal=signal, form=form)
+        p = p.override("ppo", total_timesteps=total_timesteps, state=state, gamma=ppo_gamma)
         if seed is not None:
-            p = dataclasses.replace(p, seeds=[seed])
+            p = p.override("seeds", seeds=[seed])
     except ConfigError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
+        _fail(exc)
     for ds in _datasets(p, dataset):
         try:
-            summary = train_dataset(p, ds, out_dir=(out / ds) if out else None)
-        except (FileNotFoundError, ValueError) as exc:
+            summary = train_dataset(p, ds, out_dir=None if to_models else out / ds)
+        except _user_errors() as exc:
             _fail(exc)
         typer.echo(json.dumps(summary))
 
@@ -165,7 +205,7 @@ def _tables(params: Path, dataset: Optional[list[str]], run) -> None:
     p = _load(params)
     try:
         tables = run(p, _datasets(p, dataset))
-    except (FileNotFoundError, ValueError, ConfigError) as exc:
+    except _user_errors() as exc:
         _fail(exc)
     for ds, md in tables.items():
         typer.echo(f"\n## {ds}\n\n{md}")
@@ -176,6 +216,15 @@ def evaluate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt
     """Every method on the held-out test split, DER and the MLP router averaged over seeds, with paired
     bootstrap tests of DER's claims (results/evaluate/, metrics/metrics.json)."""
     from der_pipeline.evaluate.run import evaluate as run
+
+    _tables(params, dataset, run)
+
+
+@app.command()
+def tune(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """Compare DER's settings (evaluate.tune: state, reward form, action set) on the train split's validation
+    fold, by score minus alpha x cost; the test split is never read (results/tune/)."""
+    from der_pipeline.evaluate.tune import tune as run
 
     _tables(params, dataset, run)
 
@@ -204,7 +253,7 @@ def cross_task(params: Path = ParamsOpt) -> None:
     p = _load(params)
     try:
         typer.echo(run(p))
-    except (FileNotFoundError, ValueError) as exc:
+    except _user_errors() as exc:
         _fail(exc)
 
 
@@ -225,14 +274,14 @@ def report(params: Path = ParamsOpt,
 
 @app.command()
 def inspect(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
-    """Check a scored tree: task score and parse rate of every path (first expert x refining expert)."""
+    """Check a scored tree: stale nodes, task score and parse rate of every path (first expert x refiner)."""
     from der_pipeline.evaluate.inspect_tree import inspect as run
 
     p = _load(params)
     for ds in _datasets(p, dataset):
         try:
             typer.echo(run(p, ds))
-        except FileNotFoundError as exc:
+        except _user_errors() as exc:
             _fail(exc)
 
 
@@ -241,15 +290,15 @@ def ask(question: str = typer.Argument(..., help="the question to answer"),
         context: str = typer.Option("", help="the passage / paragraphs the experts should read"),
         dataset: str = typer.Option("boolq", help="which trained policy (and answer format) to use"),
         params: Path = ParamsOpt) -> None:
-    """Answer one question live: the trained policy picks experts step by step (probabilities, answers, cost)."""
+    """Answer one question live: the trained policy picks experts step by step (probabilities, answers, cost).
+
+    The context is trimmed to data.max_context_chars at a sentence boundary, as `prepare` trims passages."""
     from der_pipeline.ask import ask as run
-    from der_pipeline.experts.backends import BackendError
-    from der_pipeline.experts.models import ModelNotFoundError
 
     p = _load(params)
     try:
         run(p, dataset, question, context, echo=typer.echo)
-    except (FileNotFoundError, ValueError, BackendError, ModelNotFoundError) as exc:
+    except _user_errors() as exc:
         _fail(exc)
 
 

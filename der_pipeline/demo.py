@@ -2,26 +2,24 @@
 with the real experts, in its own folder."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
-from der_pipeline.config import DataConfig, DatasetSpec, Params
+from der_pipeline.config import Params
 
 log = logging.getLogger(__name__)
 
 
 def demo_params(p: Params, sample: int, workdir: Path) -> Params:
     workdir = workdir.resolve()
-    paths = dataclasses.replace(p.paths, source_data=str(p.path("source_data").resolve()),
-                                data=str(workdir / "data"), models=str(workdir / "models"),
-                                results=str(workdir / "results"), metrics=str(workdir / "metrics"))
-    data = dataclasses.replace(p.data, test_fraction=0.5, datasets={"boolq": DatasetSpec(sample=sample)})
-    ppo = dataclasses.replace(p.ppo, total_timesteps=20_480)
-    ev = dataclasses.replace(p.evaluate, alpha_sweep=[0.0, 0.1, 0.4], bootstrap=200)
-    new = dataclasses.replace(p, paths=paths, data=data, ppo=ppo, evaluate=ev, seeds=p.seeds[:1])
-    new.validate()
-    return new
+    new = p.override("paths", source_data=str(p.path("source_data").resolve()), data=str(workdir / "data"),
+                     models=str(workdir / "models"), results=str(workdir / "results"),
+                     metrics=str(workdir / "metrics"))
+    new = new.override("data", test_fraction=0.5,
+                       datasets={k: {"sample": sample if k == "boolq" else 0} for k in p.data.datasets})
+    new = new.override("ppo", total_timesteps=20_480)
+    new = new.override("evaluate", alpha_sweep=[0.0, 0.1, 0.4], bootstrap=200)
+    return new.override("seeds", seeds=p.seeds[:1])
 
 
 def run_demo(p: Params, sample: int, workdir: Path) -> str:
@@ -47,7 +45,7 @@ def run_demo(p: Params, sample: int, workdir: Path) -> str:
 
 def committed_results(p: Params) -> str:
     """The committed result tables (results/evaluate/*/table.md and the cross-task table), as they are."""
-    from der_pipeline.evaluate.common import results_dir
+    from der_pipeline.artifacts import results_dir
 
     tables = sorted(results_dir(p, "evaluate").glob("*/table.md"))
     cross = results_dir(p, "cross_task") / "table.md"

@@ -14,6 +14,17 @@ PREPARED = pa.schema([
     pa.field("aliases", pa.list_(pa.string()), nullable=False),
 ])
 
+# The expert's own confidence in one answer, from its token probabilities (experts/confidence.py).
+# Nullable: a node generated without them (an engine that gives no log-probabilities, or a tree made
+# before they were recorded) gets them from the `confidence` stage's scoring pass instead.
+CONFIDENCE_FIELDS = [
+    pa.field("yes_prob", pa.float32(), nullable=True),  # yes / (yes + no) mass at the first answer token
+    pa.field("first_prob", pa.float32(), nullable=True),  # probability of the answer's first token
+    pa.field("mean_logprob", pa.float32(), nullable=True),  # mean token log-probability of the answer
+    pa.field("min_logprob", pa.float32(), nullable=True),  # its least likely token
+    pa.field("answer_tokens", pa.int32(), nullable=True),  # the answer's length in tokens
+]
+
 # One row per node of the trajectory tree. ``path`` joins expert names with '>'.
 TREE = pa.schema([
     pa.field("qid", pa.string(), nullable=False),
@@ -23,13 +34,21 @@ TREE = pa.schema([
     pa.field("parent_path", pa.string(), nullable=False),  # "" at hop 1
     pa.field("prompt_tokens", pa.int32(), nullable=False),
     pa.field("completion_tokens", pa.int32(), nullable=False),
-    pa.field("latency_s", pa.float32(), nullable=False),
-    pa.field("cost", pa.float32(), nullable=False),  # GFLOPs of this call
+    pa.field("latency_s", pa.float32(), nullable=False),  # cost is computed from the tokens when read
     pa.field("answer", pa.string(), nullable=False),
     pa.field("finish_reason", pa.string(), nullable=False),
     pa.field("backend", pa.string(), nullable=False),
     pa.field("model_fingerprint", pa.string(), nullable=False),
-    pa.field("settings_hash", pa.string(), nullable=False),  # generation settings + every model on the path
+    pa.field("node_key", pa.string(), nullable=False),  # hash of what went into the call (experts/keys.py)
+    *CONFIDENCE_FIELDS,
+])
+
+# The `confidence` stage: every current node's confidence, recorded at generation or scored afterwards.
+CONFIDENCE = pa.schema([
+    pa.field("qid", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("node_key", pa.string(), nullable=False),
+    *CONFIDENCE_FIELDS,
 ])
 
 EMBEDDINGS = pa.schema([

@@ -4,4 +4,4 @@ import sys
 from der_pipeline.cli import app
 
 if __name__ == "__main__":
-    app(["train", *sys.argv[1:]])
+    app(["train", "--to-models", *sys.argv[1:]])

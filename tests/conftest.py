@@ -38,7 +38,8 @@ def synthetic_tree(n_queries=40, n_experts=3, dim=4, seed=0, good=1):
         a1_emb=rng.normal(size=(q, n, dim)).astype(np.float32),
         a2_emb=rng.normal(size=(q, n, n, dim)).astype(np.float32),
         task1=task1, task2=task2, bert1=task1 * 0.5 + 0.4, bert2=task2 * 0.5 + 0.4,
-        cost1=cost1, cost2=cost2, lat1=cost1 / 10, lat2=cost2 / 10)
+        cost1=cost1, cost2=cost2, lat1=cost1 / 10, lat2=cost2 / 10,
+        conf1=rng.uniform(size=(q, n, 5)).astype(np.float32))
 
 
 def run_cli(args, cwd, env=None, check=True, timeout=1800):
@@ -69,3 +70,13 @@ def make_project(dst: Path, params_patch) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dst, check=True)
     return dst
+
+
+def reward_cfg(**values):
+    """params.yaml's reward settings with some replaced (validated, as every override is)."""
+    return load_params(REPO / "params.yaml").override("reward", **values).reward
+
+
+def ppo_cfg(**values):
+    """params.yaml's PPO settings with some replaced (validated)."""
+    return load_params(REPO / "params.yaml").override("ppo", **values).ppo

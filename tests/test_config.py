@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -13,8 +15,6 @@ def raw():
 def test_repo_params_load_and_validate():
     p = load_params(REPO / "params.yaml")
     assert len(p.experts) == 4
-    assert p.generation.hops == 2
-    assert p.reward.t_max == 2
     assert set(p.data.datasets) == {"boolq", "hotpotqa", "gsm8k", "xsum"} and "boolq" in p.data.active()
 
 
@@ -25,7 +25,14 @@ def test_repo_params_load_and_validate():
     (lambda r: r["data"].update(test_fraction=1.5), "data.test_fraction"),
     (lambda r: r["data"]["datasets"].update(mmlu={"sample": 3}), "data.datasets.mmlu"),
     (lambda r: r["experts"][0].pop("params_b"), "experts[0].params_b"),
-    (lambda r: r["generation"].update(hops=3), "generation.hops"),
+    (lambda r: r["generation"].update(hops=2), "generation.hops"),  # removed: the tree's depth is fixed
+    (lambda r: r["reward"].update(t_max=2), "reward.t_max"),
+    (lambda r: r["ppo"].update(gamma=1.5), "ppo.gamma"),
+    (lambda r: r["ppo"].update(update_epochs=0), "ppo.update_epochs"),
+    (lambda r: r["reward"].update(p0=2.0), "reward.p0"),
+    (lambda r: r["evaluate"].update(bootstrap=0), "evaluate.bootstrap"),
+    (lambda r: r["generation"]["openai"].update(max_retries=-1), "generation.openai.max_retries"),
+    (lambda r: r["signals"].update(embed_batch_size=0), "signals.embed_batch_size"),
     (lambda r: r["evaluate"].update(round_robin_order=["nobody", "gemma3-270m"]), "evaluate.round_robin_order"),
     (lambda r: r.pop("ppo"), "ppo"),
     (lambda r: r.update(seeds=[1, 1]), "seeds"),
@@ -42,11 +49,38 @@ def test_bad_params_name_the_key(mutate, key):
     assert f"'{key}'" in str(err.value)
 
 
-def test_overrides_are_validated():
+# every key that params.yaml holds is required: dropping it fails with its name (no code default stands in)
+REQUIRED = ["generation.max_tokens", "ppo.total_timesteps", "ppo.val_fraction", "reward.alpha", "data.seed",
+            "signals.embedder", "evaluate.bootstrap", "generation.openai.timeout_s", "experts[1].chat", "seeds",
+            "paths.models"]
+
+
+@pytest.mark.parametrize("key", REQUIRED)
+def test_a_missing_required_key_fails_with_its_name(key):
+    r = raw()
+    *parents, last = key.replace("[1]", ".1").split(".")
+    node = r
+    for k in parents:
+        node = node[int(k)] if k.isdigit() else node[k]
+    del node[last]
+    with pytest.raises(ConfigError, match=re.escape(f"missing key '{key}'")):
+        params_from_dict(r)
+
+
+def test_overrides_are_validated_like_the_file():
     p = load_params(REPO / "params.yaml")
-    assert p.with_overrides("reward", alpha=0.3).reward.alpha == 0.3
+    assert p.override("reward", alpha=0.3).reward.alpha == 0.3
     with pytest.raises(ConfigError, match="reward.form"):
-        p.with_overrides("reward", form="sometimes")
+        p.override("reward", form="sometimes")
+    with pytest.raises(ConfigError, match="'ppo.gamma'"):
+        p.override("ppo", gamma=2.0)
+    with pytest.raises(ConfigError, match="unknown key 'reward.t_max'"):
+        p.override("reward", t_max=3)
+    with pytest.raises(ConfigError, match="'seeds'"):
+        p.override("seeds", seeds=[])
+    q = p.override("generation", openai={"base_url": "http://127.0.0.1:9/v1"})
+    assert q.generation.openai.base_url == "http://127.0.0.1:9/v1"
+    assert q.generation.openai.timeout_s == p.generation.openai.timeout_s  # nested keys merge
 
 
 def test_missing_params_file(tmp_path):

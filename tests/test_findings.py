@@ -10,16 +10,17 @@ def method(acc, cost, calls=1.0, std=0.0, refine=0.0, stop_right=1.0, refine_wro
 
 
 def results(der_acc, der_cost, rr_p, best_p):
-    der = "DER (agent, per_step, alpha=0.1)"
-    rr = "round-robin (small > big)"
+    der = "der"
+    rr = "round_robin"
     return {"dataset": "toy", "metric": "accuracy", "train_queries": 70, "test_queries": 30, "data_seed": 13,
-            "seeds": [1, 2], "experts": EXPERTS, "der_method": der, "best_single": "single: big",
-            "methods": {"single: small": method(0.5, 10.0), "single: big": method(0.8, 100.0),
+            "seeds": [1, 2], "experts": EXPERTS, "best_single": "single:big",
+            "round_robin_order": ["small", "big"], "der_settings": {"form": "per_step", "alpha": 0.1},
+            "methods": {"single:small": method(0.5, 10.0), "single:big": method(0.8, 100.0),
                         rr: method(0.7, 110.0, calls=2.0, refine=1.0), der: method(der_acc, der_cost, 1.5, 0.01, 0.5,
                                                                                    0.4, 0.6),
-                        "oracle (upper bound)": method(0.9, 40.0)},
+                        "oracle": method(0.9, 40.0)},
             "comparisons": [{"b": rr, "diff": der_acc - 0.7, "ci_low": -0.1, "ci_high": 0.2, "p_value": rr_p},
-                            {"b": "single: big", "diff": der_acc - 0.8, "ci_low": -0.2, "ci_high": -0.01,
+                            {"b": "single:big", "diff": der_acc - 0.8, "ci_low": -0.2, "ci_high": -0.01,
                              "p_value": best_p}]}
 
 

@@ -1,7 +1,5 @@
 """Generation with real packaged models: crash-resume, the OpenAI-compatible server, vLLM where it exists."""
-import dataclasses
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -13,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from der_pipeline.config import ExpertSpec, load_params
+from der_pipeline.config import load_params
 from der_pipeline.experts.backends import BackendError, OpenAIBackend, make_backend
 from der_pipeline.experts.models import ModelNotFoundError, resolve_model_path
 from der_pipeline.experts.prompts import build_prompt
-from der_pipeline.generate.run import generate_dataset, tree_dir
-from der_pipeline.generate.store import TreeStore
+from der_pipeline.artifacts import read_tree
+from der_pipeline.generate.run import generate_dataset
 
 from conftest import REPO, SHARED_DATA, run_cli
 
@@ -37,7 +35,11 @@ def write_params(tmp_path, n=3, chunk=1, experts=SMALL_POOL, **generation):
     raw["experts"] = experts
     raw["evaluate"]["round_robin_order"] = [experts[0]["name"], experts[1]["name"]]
     raw["generation"]["chunk_queries"] = chunk
-    raw["generation"].update(generation)
+    for k, v in generation.items():
+        if isinstance(v, dict):
+            raw["generation"][k].update(v)
+        else:
+            raw["generation"][k] = v
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -101,15 +103,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def openai_server(tmp_path_factory):
+def start_llama_server(folder):
+    """A real llama.cpp OpenAI-compatible server of the small pool on 127.0.0.1: (process, base URL)."""
     port = free_port()
     cfg = {"host": "127.0.0.1", "port": port, "models": [
         {"model": str(resolve_model_path(e["source"])), "model_alias": e["name"], "n_ctx": 2048, "n_threads": 2,
          "verbose": False} for e in SMALL_POOL]}
-    path = tmp_path_factory.mktemp("server") / "config.json"
+    path = folder / "config.json"
     path.write_text(json.dumps(cfg))
-    log = open(path.parent / "server.log", "w")
+    log = open(folder / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)],
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
@@ -119,9 +121,15 @@ def openai_server(tmp_path_factory):
             break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError((path.parent / "server.log").read_text())
+                raise RuntimeError((folder / "server.log").read_text())
             time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/v1"
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture(scope="module")
+def openai_server(tmp_path_factory):
+    proc, url = start_llama_server(tmp_path_factory.mktemp("server"))
+    yield url
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -129,14 +137,13 @@ def openai_server(tmp_path_factory):
 def test_openai_backend_against_a_real_llama_cpp_server(tmp_path, openai_server):
     params = write_params(tmp_path, n=1, backend="openai")
     run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
-    p = load_params(params)
-    p = dataclasses.replace(p, generation=dataclasses.replace(
-        p.generation, openai=dataclasses.replace(p.generation.openai, base_url=openai_server)))
+    p = load_params(params).override("generation", openai={"base_url": openai_server})
     backend = make_backend(p.generation)
     assert isinstance(backend, OpenAIBackend)
     stats = generate_dataset(p, "boolq", backend, progress=False)
     assert stats["nodes_generated"] == 6
-    tree = TreeStore(tree_dir(p, "boolq")).read().to_pylist()
+    tree = read_tree(p, "boolq").nodes.to_pylist()
+    assert len(tree) == 6
     assert {r["backend"] for r in tree} == {"openai"}
     assert {r["model_fingerprint"] for r in tree} == {"served:smollm2-135m", "served:gemma3-270m"}
     assert all(r["prompt_tokens"] > 20 and r["completion_tokens"] > 0 for r in tree)
@@ -144,10 +151,45 @@ def test_openai_backend_against_a_real_llama_cpp_server(tmp_path, openai_server)
     assert gemma_hop1["answer"].split()[0].lower().strip(".,") in {"yes", "no"}
 
 
+def test_a_server_killed_mid_run_is_a_clear_error_and_no_finished_node_is_lost(tmp_path):
+    server, url = start_llama_server(tmp_path)
+    try:
+        params = write_params(tmp_path, n=2, chunk=1, backend="openai",
+                              openai={"base_url": url, "api_key": "none", "timeout_s": 60, "max_retries": 1})
+        run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
+        proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "generate", "--params", str(params),
+                                 "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        folder = tmp_path / "data" / "tree" / "boolq"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not list(folder.glob("shard-*.parquet")):
+            time.sleep(0.1)
+        assert proc.poll() is None, "generation finished before the server could be killed"
+        server.kill()  # the server dies mid-run
+        _, err = proc.communicate(timeout=300)
+    finally:
+        server.kill()
+        server.wait()
+    assert proc.returncode == 1 and "cannot reach" in err and "Traceback" not in err
+    kept = all_rows(tmp_path)
+    assert 0 < len(kept) < 2 * 6
+    assert all(r["completion_tokens"] > 0 and r["backend"] == "openai" for r in kept)
+    server, url = start_llama_server(tmp_path)  # back up (on another port): the rerun makes only what is missing
+    try:
+        edited = yaml.safe_load(params.read_text())
+        edited["generation"]["openai"]["base_url"] = url
+        params.write_text(yaml.safe_dump(edited))
+        out = run_cli(["generate", "--params", str(params), "--no-progress"], cwd=tmp_path).stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert json.loads(out.strip().splitlines()[-1])["nodes_generated"] == 2 * 6 - len(kept)
+
+
 def test_openai_backend_unreachable_server_is_a_clear_error(repo_params):
-    g = dataclasses.replace(repo_params.generation, backend="openai",
-                            openai=dataclasses.replace(repo_params.generation.openai,
-                                                       base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=5))
+    g = repo_params.override("generation", backend="openai",
+                             openai={"base_url": f"http://127.0.0.1:{free_port()}/v1", "timeout_s": 5,
+                                     "max_retries": 0}).generation
     backend = make_backend(g)
     prompt = build_prompt(True, "Is it?", "", "yes_no", 4)
     with pytest.raises(BackendError, match="cannot reach"):
@@ -172,16 +214,18 @@ def test_missing_model_file_and_package_are_clear_errors(tmp_path):
     (tmp_path / "fake.gguf").write_bytes(b"NOTGGUF")
     with pytest.raises(ModelNotFoundError, match="not a GGUF"):
         resolve_model_path(str(tmp_path / "fake.gguf"))
-    with pytest.raises(ModelNotFoundError, match="unknown model package"):
+    with pytest.raises(ModelNotFoundError, match=r"unknown model package.*pip install"):
         resolve_model_path("package:no-such-model")
 
 
-def test_cli_generate_with_a_missing_model_fails_cleanly(tmp_path):
-    bad = [dict(SMALL_POOL[0]), {"name": "mine", "source": str(tmp_path / "missing.gguf"), "params_b": 1.0}]
+def test_cli_generate_with_a_missing_model_fails_cleanly_naming_the_expert(tmp_path):
+    bad = [dict(SMALL_POOL[0]), {"name": "mine", "source": str(tmp_path / "missing.gguf"), "params_b": 1.0,
+                                 "chat": True}]
     params = write_params(tmp_path, n=1, experts=bad)
     run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
     proc = run_cli(["generate", "--params", str(params)], cwd=tmp_path, check=False)
-    assert proc.returncode == 1 and "model file not found" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "expert 'mine'" in proc.stderr and "model file not found" in proc.stderr
 
 
 def _has_vllm_gpu():
@@ -208,4 +252,4 @@ def test_vllm_backend_without_vllm_or_gpu_names_the_extra(repo_params):
     if _has_vllm_gpu():
         pytest.skip("vLLM and a GPU are present here")
     with pytest.raises(BackendError, match=r"\.\[vllm\]|CUDA GPU"):
-        make_backend(dataclasses.replace(repo_params.generation, backend="vllm"))
+        make_backend(repo_params.override("generation", backend="vllm").generation)

@@ -4,8 +4,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from der_pipeline.config import DatasetSpec
-from der_pipeline.data.prepare import hotpot_context, load_prepared, prepare, split_of
+from der_pipeline.artifacts import load_prepared
+from der_pipeline.data.prepare import hotpot_context, prepare, split_of
 from der_pipeline.data.sources import SourceError, read_records
 from der_pipeline.io import SchemaError, read_table
 from der_pipeline.schemas import PREPARED
@@ -14,9 +14,8 @@ from conftest import SHARED_DATA
 
 
 def local(p, tmp_path, **datasets):
-    paths = dataclasses.replace(p.paths, source_data=str(SHARED_DATA), data=str(tmp_path / "data"))
-    data = dataclasses.replace(p.data, datasets={k: DatasetSpec(v) for k, v in datasets.items()})
-    return dataclasses.replace(p, paths=paths, data=data)
+    p = p.override("paths", source_data=str(SHARED_DATA), data=str(tmp_path / "data"))
+    return p.override("data", datasets={k: {"sample": datasets.get(k, 0)} for k in {*p.data.datasets, *datasets}})
 
 
 def test_prepare_writes_the_canonical_schema(repo_params, tmp_path):

@@ -14,10 +14,13 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+import yaml
+
+from der_pipeline.artifacts import expected_paths, read_tree
 from der_pipeline.config import load_params
-from der_pipeline.generate.run import expected_paths
-from der_pipeline.generate.store import TreeStore
 from der_pipeline.io import read_table
+from der_pipeline.router.arrays import build_arrays
+from der_pipeline.tree_store import TreeStore
 from der_pipeline.schemas import EMBEDDINGS, SCORES
 
 from conftest import make_project
@@ -38,6 +41,8 @@ def small_params(raw):
     raw["evaluate"]["alpha_sweep"] = [0.0, 0.4]
     raw["evaluate"]["bootstrap"] = 100
     raw["evaluate"]["mlp_epochs"] = 50
+    raw["evaluate"]["tune"] = {"state": ["query_answer_confidence", "confidence"], "form": ["per_step"],
+                               "actions": ["ktp_and_fresh"]}
 
 
 def venv_env():
@@ -55,7 +60,8 @@ def project(tmp_path_factory):
 
 def test_dvc_repro_builds_the_full_20_node_tree_with_real_experts(project):
     p = load_params(project / "params.yaml")
-    tree = TreeStore(project / "data" / "tree" / "boolq").read()
+    tree = read_tree(p, "boolq").nodes
+    assert tree.num_rows == TreeStore(project / "data" / "tree" / "boolq").read().num_rows  # all nodes current
     names = p.expert_names()
     assert len(names) == 4
     assert tree.num_rows == N_QUERIES * 20
@@ -63,21 +69,30 @@ def test_dvc_repro_builds_the_full_20_node_tree_with_real_experts(project):
         paths = tree.filter(pc.equal(tree["qid"], qid))["path"].to_pylist()
         assert sorted(paths) == sorted(expected_paths(names))
     assert min(tree["prompt_tokens"].to_pylist()) > 20
-    assert min(tree["cost"].to_pylist()) > 0
     assert set(tree["backend"].to_pylist()) == {"llamacpp"}
     assert all(fp.startswith("sha256:") for fp in tree["model_fingerprint"].to_pylist())
-    # the 1.5B is the priciest per call
-    costs = {e: np.mean(tree.filter(pc.equal(tree["expert"], e))["cost"].to_numpy()) for e in names}
-    assert max(costs, key=costs.get) == "qwen2.5-coder-1.5b"
+    arrays, _ = build_arrays(p, "boolq")  # costs are computed from tokens when read
+    assert arrays.cost1.min() > 0 and arrays.cost2.min() > 0
+    assert names[int(np.argmax(arrays.cost1.mean(axis=0)))] == "qwen2.5-coder-1.5b"  # the priciest per call
     hotpot = TreeStore(project / "data" / "tree" / "hotpotqa").read()
     assert hotpot.num_rows == N_HOTPOT * 20
     assert all(0 < t <= 24 for t in hotpot["completion_tokens"].to_pylist())  # generation.max_tokens.span
 
 
-def test_dvc_status_is_clean_after_repro(project):
+def dvc_status(project):
     proc = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=venv_env(),
                           capture_output=True, text=True)
-    assert proc.returncode == 0 and "up to date" in proc.stdout.lower(), proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_dvc_status_is_clean_after_repro_and_after_rerunning_a_stage(project):
+    assert "up to date" in dvc_status(project).lower()
+    m = json.loads((project / "results" / "evaluate" / "boolq" / "metrics.json").read_text())
+    assert "seconds" not in m  # no timings in tracked outputs
+    subprocess.run([sys.executable, "-m", "der_pipeline.cli", "evaluate"], cwd=project, check=True,
+                   capture_output=True)
+    assert "up to date" in dvc_status(project).lower()
 
 
 def test_embeddings_and_scores_have_a_row_per_node(project):
@@ -93,16 +108,22 @@ def test_embeddings_and_scores_have_a_row_per_node(project):
 
 def test_train_and_evaluate_outputs(project):
     for seed in SEEDS:
-        log = (project / "models" / "boolq" / f"seed-{seed}" / "train_log.jsonl").read_text().splitlines()
-        assert len(log) == 4 and {"mean_return", "entropy", "approx_kl", "clipfrac"} <= set(json.loads(log[0]))
+        log = [json.loads(x) for x in
+               (project / "models" / "boolq" / f"seed-{seed}" / "train_log.jsonl").read_text().splitlines()]
+        assert len([r for r in log if "iteration" in r]) == 4
+        assert {"mean_return", "entropy", "approx_kl", "clipfrac"} <= set(log[0])
+        assert set(log[-1]["kept"]) == {"selected_iteration", "best_val_return", "untrained_val_return"}
         assert (project / "models" / "boolq" / f"seed-{seed}" / "training_curve.png").stat().st_size > 1000
     m = json.loads((project / "results" / "evaluate" / "boolq" / "metrics.json").read_text())
     assert m["test_queries"] + m["train_queries"] == N_QUERIES and m["seeds"] == SEEDS
     for name, row in m["methods"].items():
         assert 0.0 <= row["accuracy"] <= 1.0 and 1.0 <= row["calls"] <= 2.0, name
         assert row["ci_low"] <= row["accuracy"] + 1e-9 and row["accuracy"] <= row["ci_high"] + 1e-9, name
-    assert m["methods"][m["der_method"]]["seeds"] == 2 and m["methods"]["supervised router (MLP)"]["seeds"] == 2
-    assert m["methods"]["oracle (upper bound)"]["accuracy"] >= max(
+    assert m["methods"]["der"]["seeds"] == 2 and m["methods"]["mlp"]["seeds"] == 2
+    assert {"best_fixed", "cascade"} <= set(m["methods"]) and m["methods"]["cascade"]["chosen"]["first"]
+    assert set(m["signal_auroc"]) == set(load_params(project / "params.yaml").expert_names())
+    assert [t["seed"] for t in m["training"]] == SEEDS
+    assert m["methods"]["oracle"]["accuracy"] >= max(
         r["accuracy"] for n, r in m["methods"].items() if "oracle" not in n) - 1e-9
     assert {c["b_is"] for c in m["comparisons"]} >= {"", "the supervised MLP router"}
     assert all(0 < c["p_value"] <= 1 for c in m["comparisons"])
@@ -114,18 +135,22 @@ def test_train_and_evaluate_outputs(project):
 
 def test_curves_ablations_and_cross_task_outputs(project):
     f = json.loads((project / "results" / "curves" / "boolq" / "frontier.json").read_text())
-    der = f["methods"]["DER"]
+    der = f["methods"]["der"]
     assert len(der["points"]) == 2 and 0.0 <= der["aiq"] <= 1.0 and "aiq_std" in der
-    assert f["strong"].startswith("single: ") and f["weak"].startswith("single: ")
+    assert f["strong"].startswith("single:") and f["weak"].startswith("single:")
     assert (project / "results" / "curves" / "boolq" / "cost_accuracy.png").stat().st_size > 5000
     a = json.loads((project / "results" / "ablate" / "hotpotqa" / "ablations.json").read_text())
-    assert [r["setting"] for r in a["tables"]["reward"]] == ["per_step", "terminal", "der-paper"]
-    assert [r["setting"] for r in a["tables"]["state"]] == ["query_answer, per_step", "query, per_step",
-                                                            "query_answer, terminal", "query, terminal"]
+    assert [r["setting"] for r in a["tables"]["reward"]] == ["per_step", "terminal", "der-paper", "proposal"]
+    states = ["query_answer_confidence", "query_answer", "query", "confidence"]
+    assert [r["setting"] for r in a["tables"]["state"]] == [f"{s}, {f}" for f in ("per_step", "terminal")
+                                                            for s in states]
+    t = json.loads((project / "results" / "tune" / "boolq" / "tune.json").read_text())
+    assert len(t["rows"]) == 2 and t["best"]["state"] in ("query_answer_confidence", "confidence")
+    assert all(np.isfinite(r["val_utility"]) for r in t["rows"])
     assert sum(r["is_default"] for r in a["tables"]["signal"]) == 1
     c = json.loads((project / "results" / "cross_task" / "metrics.json").read_text())
     assert c["datasets"] == ["boolq", "hotpotqa"]
-    mixed = c["methods"]["DER, one policy for all tasks"]
+    mixed = c["methods"]["der_cross_task"]
     assert set(mixed) == {"boolq", "hotpotqa", "all"} and mixed["boolq"]["seeds"] == 2
     assert abs(sum(mixed["hotpotqa"]["first_expert_share"]) - 1.0) < 1e-2
 
@@ -141,6 +166,49 @@ def test_cli_train_with_the_der_paper_preset(project, tmp_path):
     assert ckpt["seed"] == 3
     assert (ckpt["reward"]["signal"], ckpt["reward"]["beta"], ckpt["reward"]["p0"]) == ("bertscore", 5.0, 0.73)
     assert not (tmp_path / "boolq" / "seed-1").exists()
+
+
+def test_cli_train_without_out_never_touches_the_dvc_tracked_models(project):
+    before = {p: p.stat().st_mtime_ns for p in (project / "models").rglob("*") if p.is_file()}
+    proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "train", "--dataset", "boolq", "--seed", "7",
+                           "--total-timesteps", "2048"], cwd=project, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (project / "runs" / "train" / "boolq" / "seed-7" / "policy.pt").exists()
+    assert {p: p.stat().st_mtime_ns for p in (project / "models").rglob("*") if p.is_file()} == before
+
+
+def test_changing_params_b_changes_the_reported_cost_without_regenerating(project):
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    for e in raw["experts"]:
+        if e["name"] == "qwen2.5-coder-1.5b":
+            e["params_b"] *= 2
+    raw["paths"].update(results="results-cost", metrics="metrics-cost")
+    (project / "params-cost.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    shards = sorted(p.name for p in (project / "data" / "tree" / "boolq").iterdir())
+    proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "evaluate", "--params", "params-cost.yaml",
+                           "--dataset", "boolq"], cwd=project, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (project / "data" / "tree" / "boolq").iterdir()) == shards
+    old = json.loads((project / "results" / "evaluate" / "boolq" / "metrics.json").read_text())["methods"]
+    new = json.loads((project / "results-cost" / "evaluate" / "boolq" / "metrics.json").read_text())["methods"]
+    big, small = "single:qwen2.5-coder-1.5b", "single:smollm2-135m"
+    assert new[big]["cost_gflops"] == pytest.approx(2 * old[big]["cost_gflops"], rel=1e-3)
+    assert new[small]["cost_gflops"] == pytest.approx(old[small]["cost_gflops"], rel=1e-6)
+
+
+def test_a_bad_value_exits_2_from_the_file_and_from_a_flag(project, tmp_path):
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["reward"]["alpha"] = -1
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
+    from_file = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "train", "--params", str(tmp_path / "bad.yaml")],
+                               cwd=project, capture_output=True, text=True)
+    from_flag = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "train", "--alpha", "-1"],
+                               cwd=project, capture_output=True, text=True)
+    backend_flag = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "generate", "--backend", "nope"],
+                                  cwd=project, capture_output=True, text=True)
+    assert from_file.returncode == from_flag.returncode == backend_flag.returncode == 2
+    assert "reward.alpha" in from_file.stderr and "reward.alpha" in from_flag.stderr
+    assert "generation.backend" in backend_flag.stderr
 
 
 def test_cli_train_alpha_override_writes_a_checkpoint(project, tmp_path):
@@ -175,6 +243,20 @@ def test_ask_runs_the_trained_policy_live(project):
     assert "final answer" in out and "GFLOPs" in out
 
 
+def test_ask_refuses_an_empty_question_and_trims_a_long_context(project):
+    proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "ask", "   "], cwd=project, capture_output=True,
+                          text=True)
+    assert proc.returncode == 1 and "question is empty" in proc.stderr and "Traceback" not in proc.stderr
+    from der_pipeline.ask import clean_input
+
+    p = load_params(project / "params.yaml")
+    said = []
+    long = " ".join(f"Sentence number {i} is here." for i in range(400))
+    q, ctx = clean_input(p, " Is it? ", long, said.append)
+    assert q == "Is it?" and len(ctx) <= p.data.max_context_chars and ctx.endswith(".")
+    assert "trimmed" in said[0]
+
+
 def test_report_writes_the_readme_section_from_metrics(project):
     readme = project / "README.md"
     readme.write_text("# x\n\n<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->\nSTALE-PLACEHOLDER\n"
@@ -185,7 +267,7 @@ def test_report_writes_the_readme_section_from_metrics(project):
     subprocess.run([sys.executable, "-m", "der_pipeline.cli", "report"], cwd=project, check=True, capture_output=True)
     text = readme.read_text()
     m = json.loads((project / "results" / "evaluate" / "boolq" / "metrics.json").read_text())
-    der = m["methods"][m["der_method"]]
+    der = m["methods"]["der"]
     assert f"{der['accuracy']:.3f}" in text and "STALE-PLACEHOLDER" not in text and text.endswith("tail\n")
     assert "89.6%" in text  # the proposal's table beside ours
     assert "| Method | AIQ | APGR | CPT(50%) | CPT(80%) |" in text and "P signal" in text

@@ -5,14 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from der_pipeline.config import PPOConfig, RewardConfig
+
 from der_pipeline.router.arrays import cost_scale
 from der_pipeline.router.env import TreeEnv, VectorTreeEnv
 from der_pipeline.router.methods import (FixedPath, KNNRouter, MLPRouter, Oracle, PolicyRouter, RandomRouter,
                                         SelfCorrectionBest)
 from der_pipeline.router.ppo import train_ppo
 
-from conftest import synthetic_tree
+from conftest import ppo_cfg, reward_cfg, synthetic_tree
+
+
+# With N = 2 experts the actions are: 0, 1 answer afresh (expert 0 / 1); 2, 3 refine (KTP) by expert 0 / 1;
+# 4 STOP.
+ANSWER0, ANSWER1, REFINE0, REFINE1, STOP = 0, 1, 2, 3, 4
 
 
 def tiny():
@@ -25,7 +30,8 @@ def tiny():
     return t
 
 
-CFG = RewardConfig(signal="task", form="per_step", alpha=0.2, beta=0.5, gamma=0.3, p0=0.5, t_max=2)
+CFG = reward_cfg(signal="task", form="per_step", cost="flops", alpha=0.2, beta=0.5, gamma=0.3, p0=0.5,
+                 actions="ktp_and_fresh")
 
 
 def env_for(cfg, query):
@@ -54,7 +60,7 @@ def test_reward_t0_below_threshold_has_no_penalty_before_t_max():
 def test_reward_t1_improvement_and_bonus():
     env = env_for(CFG, 0)
     env.step(torch.tensor([0]))
-    *_, r, done, info = env.step(torch.tensor([1]))  # P(0>1)=0.8, prev 0.2, C=1
+    *_, r, done, info = env.step(torch.tensor([REFINE1]))  # P(0>1)=0.8, prev 0.2, C=1
     assert float(r) == pytest.approx(0.8 + 0.5 * (0.8 - 0.2) - 0.2 * 1.0 + 0.3)
     assert bool(done) and float(info["calls"][0]) == 2.0
 
@@ -62,50 +68,79 @@ def test_reward_t1_improvement_and_bonus():
 def test_reward_t_max_below_threshold_is_penalised():
     env = env_for(CFG, 1)
     env.step(torch.tensor([0]))  # P=0.6
-    *_, r, done, _ = env.step(torch.tensor([1]))  # P(0>1)=0.5 -> >= p0: bonus; use expert 0 instead
+    *_, r, done, _ = env.step(torch.tensor([REFINE1]))  # P(0>1)=0.5 -> >= p0: bonus; use expert 0 instead
     assert float(r) == pytest.approx(0.5 + 0.5 * (0.5 - 0.6) - 0.2 * 1.0 + 0.3)
     env = env_for(CFG, 1)
     env.step(torch.tensor([1]))  # P=0.1
-    *_, r, done, _ = env.step(torch.tensor([1]))  # P(1>1)=0.0 < p0 at t = T_max
+    *_, r, done, _ = env.step(torch.tensor([REFINE1]))  # P(1>1)=0.0 < p0 at t = T_max
     assert float(r) == pytest.approx(0.0 + 0.5 * (0.0 - 0.1) - 0.2 * 1.0 - 0.3)
 
 
 def test_stop_earns_zero_per_step_and_ends():
     env = env_for(CFG, 0)
     env.step(torch.tensor([1]))
-    *_, r, done, info = env.step(torch.tensor([2]))
+    *_, r, done, info = env.step(torch.tensor([STOP]))
     assert float(r) == 0.0 and bool(done) and float(info["final_p"][0]) == pytest.approx(0.9)
+
+
+def test_escalation_answers_afresh_by_hand():
+    # query 0: expert 0 answers (P 0.2, C 1/4), then expert 1 answers afresh: its hop-1 node (P 0.9, C 4/4)
+    env = env_for(CFG, 0)
+    env.step(torch.tensor([ANSWER0]))
+    obs, mask, r, done, info = env.step(torch.tensor([ANSWER1]))
+    assert float(r) == pytest.approx(0.9 + 0.5 * (0.9 - 0.2) - 0.2 * 1.0 + 0.3)
+    assert bool(done) and float(info["final_p"][0]) == pytest.approx(0.9) and float(info["calls"][0]) == 2.0
+    assert float(info["cost"][0]) == pytest.approx(0.25 + 1.0)
+    # terminal form: paid once, for the fresh answer, both calls' costs
+    env = env_for(dataclasses.replace(CFG, form="terminal"), 1)
+    env.step(torch.tensor([ANSWER1]))  # P 0.1
+    *_, r, _, info = env.step(torch.tensor([ANSWER0]))  # fresh: P 0.6
+    assert float(r) == pytest.approx(0.6 - 0.2 * (1.0 + 0.25) + 0.3)
+
+
+def test_escalation_mask_and_the_ktp_only_action_set():
+    env = env_for(CFG, 0)
+    _, mask = env.reset(torch.tensor([0]))
+    assert mask[0].tolist() == [True, True, False, False, False]  # t = 0: a first answer only
+    _, mask, *_ = env.step(torch.tensor([ANSWER1]))
+    assert mask[0].tolist() == [True, False, True, True, True]  # no escalation to the expert that answered
+    ktp = dataclasses.replace(CFG, actions="ktp_only")
+    env = env_for(ktp, 0)
+    _, mask, *_ = env.step(torch.tensor([ANSWER1]))
+    assert mask[0].tolist() == [False, False, True, True, True]
+    with pytest.raises(ValueError, match="forbids"):
+        env.step(torch.tensor([ANSWER0]))
 
 
 def test_terminal_form():
     cfg = dataclasses.replace(CFG, form="terminal")
     env = env_for(cfg, 0)
     *_, r0, _, _ = env.step(torch.tensor([0]))
-    *_, r1, _, _ = env.step(torch.tensor([1]))
+    *_, r1, _, _ = env.step(torch.tensor([REFINE1]))
     assert float(r0) == 0.0
     assert float(r1) == pytest.approx(0.8 - 0.2 * (0.25 + 1.0) + 0.3)
     env = env_for(cfg, 1)
     env.step(torch.tensor([1]))  # P=0.1, stop: below p0 but only 1 call -> no penalty
-    *_, r, _, _ = env.step(torch.tensor([2]))
+    *_, r, _, _ = env.step(torch.tensor([STOP]))
     assert float(r) == pytest.approx(0.1 - 0.2 * 1.0)
     env = env_for(cfg, 1)
     env.step(torch.tensor([1]))
-    *_, r, _, _ = env.step(torch.tensor([1]))  # 2 calls, P=0 < p0: penalty
+    *_, r, _, _ = env.step(torch.tensor([REFINE1]))  # 2 calls, P=0 < p0: penalty
     assert float(r) == pytest.approx(0.0 - 0.2 * 2.0 - 0.3)
 
 
 def test_mask_forbids_stop_at_t0_and_a_third_call():
     env = VectorTreeEnv(tiny(), CFG, num_envs=64, seed=3)
     obs, mask = env.reset()
-    assert not mask[:, 2].any() and mask[:, :2].all()
+    assert not mask[:, 2:].any() and mask[:, :2].all()
     with pytest.raises(ValueError):
-        env.step(torch.full((64,), 2))
+        env.step(torch.full((64,), STOP))
     gen = torch.Generator().manual_seed(0)
     calls = torch.zeros(64)
     for _ in range(50):  # random legal play: every episode ends after at most 2 calls
         legal = mask.float()
         a = torch.multinomial(legal / legal.sum(1, keepdim=True), 1, generator=gen).squeeze(1)
-        is_call = (a != 2).float()
+        is_call = (a != STOP).float()
         obs, mask, r, done, info = env.step(a)
         calls += is_call
         assert (calls[done] <= 2).all()
@@ -116,32 +151,32 @@ def test_mask_forbids_stop_at_t0_and_a_third_call():
 def test_gymnasium_api():
     env = TreeEnv(tiny(), CFG)
     obs, info = env.reset(seed=0, options={"query": 0})
-    assert obs.shape == env.observation_space.shape and not info["action_mask"][2]
+    assert obs.shape == env.observation_space.shape and not info["action_mask"][STOP]
     obs, r, term, trunc, info = env.step(1)
-    assert not term and info["action_mask"][2]
-    obs, r, term, trunc, info = env.step(2)
+    assert not term and info["action_mask"][STOP]
+    obs, r, term, trunc, info = env.step(STOP)
     assert term and not trunc and info["calls"] == 1.0
 
 
 def test_ppo_learns_to_pick_the_right_cheap_expert_and_stop():
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)  # expert 0: always right and cheapest
-    cfg = RewardConfig(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5, t_max=2)
-    ppo = PPOConfig(total_timesteps=40_960, num_envs=128, num_steps=8)
+    cfg = reward_cfg(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
+    ppo = ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, val_fraction=0.0)
     agent, history = train_ppo(t, cfg, ppo, seed=1)
     scale = cost_scale(t)
-    w = PolicyRouter(agent, scale).route(t)
-    # path 0 = expert 0 alone (1 call). Per-step reward makes a 2nd call to expert 0 worth it too,
-    # so accept (0) or (0 > 0); random play would pick expert 0 first only a third of the time.
-    first_is_0 = w[:, 0] + w[:, 3 + 0]
+    w = PolicyRouter(agent, scale, cfg).route(t)
+    # path 0 = expert 0 alone (1 call). Per-step reward makes a 2nd call worth it too, so accept any path
+    # that starts with expert 0; random play would pick expert 0 first only a third of the time.
+    first_is_0 = w[:, 0] + w[:, 3:3 + 3].sum(1) + w[:, 12:12 + 3].sum(1)
     assert first_is_0.mean() > 0.95
     assert history[-1]["mean_final_p"] > 0.9
 
 
 def test_ppo_terminal_form_learns_to_stop():
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)
-    cfg = RewardConfig(signal="task", form="terminal", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5, t_max=2)
-    agent, _ = train_ppo(t, cfg, PPOConfig(total_timesteps=40_960, num_envs=128, num_steps=8), seed=2)
-    w = PolicyRouter(agent, cost_scale(t)).route(t)
+    cfg = reward_cfg(signal="task", form="terminal", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
+    agent, _ = train_ppo(t, cfg, ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, val_fraction=0.0), seed=2)
+    w = PolicyRouter(agent, cost_scale(t), cfg).route(t)
     assert w[:, 0].mean() > 0.9  # expert 0, then STOP: one call
     rand = RandomRouter().route(t)
     assert rand[:, 0].mean() < 0.1
@@ -160,18 +195,32 @@ def test_fixed_baselines_match_hand_computed_values():
     w = Oracle().route(t)
     assert (w * t.path_matrix("task")).sum(1).tolist() == [1.0, 0.7]
     assert (w * t.path_matrix("cost")).sum(1).tolist() == [8.0, 2.0]
-    # random: (1/2)*(1/3)*(each hop-1 + each hop-2 value)
+    # escalation: e0 answers, then e1 answers afresh: e1's hop-1 value, both calls' cost
+    w = FixedPath("esc", names, ["e0", "e1"], fresh=True).route(t)
+    assert (w * t.path_matrix("task")).sum(1).tolist() == [0.9, 0.1]
+    assert (w * t.path_matrix("cost")).sum(1).tolist() == [5.0, 5.0]
+    # random over the MDP's actions: (1/2) per first expert, then (1/4) each of STOP, 2 refinements, 1 escalation
     w = RandomRouter().route(t)
     assert np.allclose(w.sum(1), 1.0)
-    q0 = (0.2 + 0.3 + 0.8 + 0.9 + 0.4 + 1.0) / 6
+    q0 = (0.2 + 0.3 + 0.8 + 0.9) / 8 + (0.9 + 0.4 + 1.0 + 0.2) / 8
     assert (w * t.path_matrix("task")).sum(1)[0] == pytest.approx(q0)
+    ktp = RandomRouter().fit(t, _params_with(actions="ktp_only"))
+    q0_ktp = (0.2 + 0.3 + 0.8 + 0.9 + 0.4 + 1.0) / 6
+    assert (ktp.route(t) * t.path_matrix("task")).sum(1)[0] == pytest.approx(q0_ktp)
     sc = SelfCorrectionBest().fit(t, None)
     assert sc.chosen == "e0"  # diag means: e0 (0.3+0.7)/2=0.5, e1 (1.0+0.0)/2=0.5 -> first max
 
 
+def _params_with(**reward):
+    from conftest import REPO
+    from der_pipeline.config import load_params
+
+    return load_params(REPO / "params.yaml").override("reward", **reward)
+
+
 def test_knn_router_picks_by_predicted_quality_minus_cost(repo_params):
     t = synthetic_tree(n_queries=30, n_experts=3, good=2)
-    p = dataclasses.replace(repo_params, evaluate=dataclasses.replace(repo_params.evaluate, knn_k=5))
+    p = repo_params.override("evaluate", knn_k=5)
     w = KNNRouter(alpha=0.0).fit(t, p).route(t)
     assert w[:, 2].mean() == 1.0
     w = KNNRouter(alpha=10.0).fit(t, p).route(t)  # cost dominates: the cheapest expert
@@ -197,11 +246,26 @@ def test_query_state_hides_the_answer_but_keeps_step_and_expert():
         env.reset(torch.tensor([0, 1]))
     o_full, *_ = full.step(torch.tensor([1, 0]))
     o_blind, *_ = blind.step(torch.tensor([1, 0]))
-    d = t.q_emb.shape[1]
+    d, f = t.q_emb.shape[1], t.conf1.shape[-1]
     assert torch.equal(o_full[:, :d], o_blind[:, :d])
     assert torch.equal(o_full[:, 2 * d:], o_blind[:, 2 * d:])  # step and last expert one-hots
     assert torch.equal(o_blind[:, d:2 * d], torch.zeros(2, d))
     assert torch.allclose(o_full[0, d:2 * d], torch.as_tensor(t.a1_emb[0, 1]))
+    withconf = VectorTreeEnv(t, CFG, num_envs=2, autoreset=False, state="query_answer_confidence")
+    withconf.reset(torch.tensor([0, 1]))
+    o_conf, *_ = withconf.step(torch.tensor([1, 0]))
+    assert o_conf.shape[1] == o_full.shape[1] + f
+    assert torch.allclose(o_conf[0, 2 * d:2 * d + f], torch.as_tensor(t.conf1[0, 1]))  # the answer's confidence
+
+
+def test_confidence_state_is_the_answers_confidence_step_and_expert_only():
+    t = tiny()
+    env = VectorTreeEnv(t, CFG, num_envs=2, autoreset=False, state="confidence")
+    obs, _ = env.reset(torch.tensor([0, 1]))
+    f = t.conf1.shape[-1]
+    assert obs.shape == (2, f + 2 + 3) and torch.equal(obs[:, :f], torch.zeros(2, f))
+    obs, *_ = env.step(torch.tensor([1, 0]))
+    assert torch.allclose(obs[0, :f], torch.as_tensor(t.conf1[0, 1])) and obs[0, f + 1] == 1.0
 
 
 def test_params_cost_unit_is_parameters_in_billions_over_1000():
@@ -221,8 +285,8 @@ def test_der_paper_preset_trains_and_learns_the_expert_bertscore_favours(repo_pa
     ppo = dataclasses.replace(p.ppo, total_timesteps=40_960, num_envs=128, val_fraction=0.0)
     agent, history = train_ppo(t, p.reward, ppo, seed=1)
     assert np.isfinite(history[-1]["mean_return"])
-    w = PolicyRouter(agent, cost_scale(t)).route(t)
-    first_is_1 = w[:, 1] + w[:, 3 + 3:3 + 6].sum(axis=1)
+    w = PolicyRouter(agent, cost_scale(t), p.reward).route(t)
+    first_is_1 = w[:, 1] + w[:, 3 + 3:3 + 6].sum(axis=1) + w[:, 12 + 3:12 + 6].sum(axis=1)
     assert first_is_1.mean() > 0.9
 
 
@@ -241,8 +305,8 @@ def test_ppo_keeps_the_iteration_with_the_best_validation_return():
     from der_pipeline.router.ppo import greedy_return, validation_fold
 
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)
-    cfg = RewardConfig(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5, t_max=2)
-    ppo = PPOConfig(total_timesteps=40_960, num_envs=128, num_steps=8, val_fraction=0.25, eval_every=2)
+    cfg = reward_cfg(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
+    ppo = ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, val_fraction=0.25, eval_every=2)
     agent, history = train_ppo(t, cfg, ppo, seed=1)
     checked = [h["val_return"] for h in history if "val_return" in h]
     assert len(checked) == len(history) // 2 + (len(history) % 2)
@@ -250,3 +314,45 @@ def test_ppo_keeps_the_iteration_with_the_best_validation_return():
     assert history[kept - 1]["val_return"] == max(checked) == history[-1]["best_val_return"]
     _, val = validation_fold(t, 0.25)
     assert greedy_return(agent, val, cfg, cost_scale(t), "query_answer") == pytest.approx(max(checked))
+
+
+def test_best_fixed_path_on_hand_computed_cases():
+    from der_pipeline.router.methods import BestFixedPath
+
+    t = tiny()  # scale 4: normalised costs e0 0.25, e1 1.0 per call
+    # alpha 0: best mean task over every path. Singles 0.4 / 0.5; refinements e0>e0 0.5, e0>e1 0.65, e1>e0 0.3,
+    # e1>e1 0.5; escalations e0>fresh e1 0.5, e1>fresh e0 0.4 -> e0>e1 (KTP) wins
+    b = BestFixedPath(alpha=0.0).fit(t, _params_with())
+    assert b.chosen == "e0>e1" and (b.route(t) * t.path_matrix("task")).sum(1).tolist() == [0.8, 0.5]
+    # alpha 1: utility = task - cost/4: e0 alone 0.4 - 0.25 = 0.15 beats e0>e0 0.5 - 0.5 = 0.0, e1 0.5 - 1 ...
+    assert BestFixedPath(alpha=1.0).fit(t, _params_with()).chosen == "e0"
+
+
+def test_confidence_cascade_on_a_hand_computed_case():
+    from der_pipeline.router.methods import ConfidenceCascade
+
+    t = synthetic_tree(n_queries=4, n_experts=2, dim=2)
+    t.task1 = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])  # cheap e0 wrong on queries 1 and 3
+    t.cost1 = np.tile([1.0, 10.0], (4, 1))
+    t.cost2 = np.tile([1.0, 10.0], (4, 2, 1))
+    t.conf1 = np.zeros((4, 2, 5))
+    t.conf1[:, 0, 1] = [0.9, 0.2, 0.8, 0.3]  # e0's first-token probability: low exactly where it is wrong
+    t.conf1[:, 0, 0] = t.conf1[:, 0, 2] = t.conf1[:, 0, 3] = 0.5  # other signals say nothing
+    c = ConfidenceCascade(alpha=0.5).fit(t, _params_with())
+    assert (c.chosen["first"], c.chosen["then"], c.chosen["signal"]) == ("e0", "e1", "first_prob")
+    assert 0.3 < c.chosen["threshold"] <= 0.8
+    w = c.route(t)
+    assert (w * t.path_matrix("task")).sum(1).tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert (w * t.path_matrix("cost")).sum(1).tolist() == [1.0, 11.0, 1.0, 11.0]  # escalates only when unsure
+    # at a high price for cost, never escalate: e0 alone
+    assert ConfidenceCascade(alpha=100.0).fit(t, _params_with()).chosen["then"] is None
+
+
+def test_auroc_on_known_cases():
+    from der_pipeline.evaluate.stats import auroc
+
+    assert auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert auroc([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
+    assert auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75  # sklearn's example
+    assert auroc([0.3, 0.4], [1, 1]) is None

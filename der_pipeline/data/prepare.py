@@ -11,11 +11,11 @@ import random
 import re
 from pathlib import Path
 
-import pyarrow as pa
 
+from der_pipeline.artifacts import prepared_path
 from der_pipeline.config import Params
 from der_pipeline.data.sources import read_records
-from der_pipeline.io import read_table, write_rows
+from der_pipeline.io import write_rows
 from der_pipeline.schemas import PREPARED
 
 _SENT_END = re.compile(r"(?<=[.!?])\s+")
@@ -124,10 +124,6 @@ def canonical_rows(dataset: str, p: Params) -> list[dict]:
     return rows
 
 
-def prepared_path(p: Params, dataset: str) -> Path:
-    return p.path("data") / "prepared" / f"{dataset}.parquet"
-
-
 def prepare_dataset(dataset: str, p: Params) -> Path:
     rows = canonical_rows(dataset, p)
     seen: set[str] = set()
@@ -141,10 +137,6 @@ def prepare_dataset(dataset: str, p: Params) -> Path:
     for r in rows:
         r["split"] = split_of(r["qid"], p.data.seed, p.data.test_fraction)
     return write_rows(rows, prepared_path(p, dataset), PREPARED)
-
-
-def load_prepared(p: Params, dataset: str) -> pa.Table:
-    return read_table(prepared_path(p, dataset), PREPARED)
 
 
 def prepare(p: Params) -> dict[str, Path]:

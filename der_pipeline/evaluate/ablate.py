@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from der_pipeline.config import Params
-from der_pipeline.evaluate.common import (DatasetSplit, der_policies, load_split, public, results_dir, summarize,
-                                          with_ppo, with_reward)
+from der_pipeline.artifacts import results_dir
+from der_pipeline.evaluate.common import DatasetSplit, der_policies, load_split, public, summarize, with_ppo, with_reward
 from der_pipeline.io import atomic_write_bytes, write_json
 
 
@@ -55,7 +55,7 @@ def ablate_dataset(p: Params, dataset: str) -> dict:
         for label, pv in rows:
             key = (pv.reward, pv.ppo)
             if key not in seen:
-                policies = der_policies(pv, split, f"DER ({ablation}={label})")
+                policies = der_policies(pv, split)
                 seen[key] = summarize([r.route(split.test) for r in policies], split.test, split.scale, p)
             m = seen[key]
             default = pv.reward == p.reward and pv.ppo == p.ppo

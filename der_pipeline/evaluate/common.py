@@ -5,16 +5,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from der_pipeline.artifacts import load_policy, policy_path
 from der_pipeline.config import Params
 from der_pipeline.evaluate.stats import bootstrap_ci, mean_std
 from der_pipeline.router.arrays import TreeArrays, build_arrays, cost_scale, split_arrays
 from der_pipeline.router.methods import PolicyRouter
 from der_pipeline.router.ppo import train_ppo
-from der_pipeline.router.train import load_policy, policy_path
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +32,12 @@ def load_split(p: Params, dataset: str) -> DatasetSplit:
     return DatasetSplit(dataset, train, test, cost_scale(train))
 
 
-def results_dir(p: Params, stage: str, dataset: str | None = None) -> Path:
-    """results/<stage>/<dataset>/: each evaluation stage owns one folder (one DVC out)."""
-    base = p.path("results") / stage
-    return base / dataset if dataset else base
-
-
 def _matches(ckpt: dict, p: Params, experts: list[str]) -> bool:
     return (ckpt["experts"] == experts and ckpt["reward"] == dataclasses.asdict(p.reward)
             and ckpt["ppo"] == dataclasses.asdict(p.ppo))
 
 
-def saved_policies(p: Params, split: DatasetSplit, name: str) -> list[PolicyRouter]:
+def saved_policies(p: Params, split: DatasetSplit, method_id: str = "der") -> list[PolicyRouter]:
     """The `train` stage's policies, one per seed; an error if they were trained with other settings."""
     routers = []
     for seed in p.seeds:
@@ -53,32 +46,33 @@ def saved_policies(p: Params, split: DatasetSplit, name: str) -> list[PolicyRout
         if not _matches(ckpt, p, split.train.experts):
             raise ValueError(f"{path} was trained with other experts or reward/ppo settings than params.yaml; "
                              f"rerun `der-pipeline train` (or `dvc repro`)")
-        routers.append(PolicyRouter(agent, split.scale, name, state=p.ppo.state))
+        routers.append(PolicyRouter(agent, split.scale, p.reward, method_id, state=p.ppo.state))
     return routers
 
 
-def der_policies(p: Params, split: DatasetSplit, name: str, train: TreeArrays | None = None) -> list[PolicyRouter]:
+def der_policies(p: Params, split: DatasetSplit, method_id: str = "der",
+                 train: TreeArrays | None = None) -> list[PolicyRouter]:
     """DER under ``p``'s reward and ppo settings, one policy per seed: the saved ones when ``p`` is what
     they were trained with, otherwise trained here (seconds each)."""
     train = split.train if train is None else train
     if train is split.train:
         try:
-            return saved_policies(p, split, name)
+            return saved_policies(p, split, method_id)
         except (FileNotFoundError, ValueError):
             pass
     routers = []
     for seed in p.seeds:
         agent, _ = train_ppo(train, p.reward, p.ppo, seed=seed, scale=split.scale)
-        routers.append(PolicyRouter(agent, split.scale, name, state=p.ppo.state))
+        routers.append(PolicyRouter(agent, split.scale, p.reward, method_id, state=p.ppo.state))
     return routers
 
 
 def with_reward(p: Params, **values) -> Params:
-    return dataclasses.replace(p, reward=dataclasses.replace(p.reward, **values))
+    return p.override("reward", **values)
 
 
 def with_ppo(p: Params, **values) -> Params:
-    return dataclasses.replace(p, ppo=dataclasses.replace(p.ppo, **values))
+    return p.override("ppo", **values)
 
 
 def summarize(weights: list[np.ndarray], test: TreeArrays, scale: float, p: Params) -> dict:
@@ -95,9 +89,10 @@ def summarize(weights: list[np.ndarray], test: TreeArrays, scale: float, p: Para
     c, c_std = mean_std(per_seed_cost)
     n = test.n_experts
     w1 = w_mean[:, :n]
-    w2 = w_mean[:, n:].reshape(-1, n, n).sum(axis=2)  # by first expert, refined
+    w2 = w_mean[:, n:n + n * n].reshape(-1, n, n).sum(axis=2)  # by first expert, refined (KTP)
+    w3 = w_mean[:, n + n * n:].reshape(-1, n, n).sum(axis=2)  # by first expert, escalated to a fresh answer
     right = test.task1 >= 0.5
-    first = w1 + w2
+    first = w1 + w2 + w3
     out = {
         "accuracy": round(acc, 4), "accuracy_std": round(acc_std, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
         "bertscore_f1": round(float((w_mean * test.path_matrix("bert")).sum(axis=1).mean()), 4),
@@ -106,8 +101,9 @@ def summarize(weights: list[np.ndarray], test: TreeArrays, scale: float, p: Para
         "latency_s": round(float((w_mean * test.path_matrix("latency")).sum(axis=1).mean()), 3),
         "first_expert_share": [round(float(x), 3) for x in first.mean(axis=0)],
         "refine_rate": round(float(w2.sum(axis=1).mean()), 3),
+        "escalate_rate": round(float(w3.sum(axis=1).mean()), 3),
         "stop_if_right": _ratio((w1 * right).sum(), (first * right).sum()),
-        "refine_if_wrong": _ratio((w2 * ~right).sum(), (first * ~right).sum()),
+        "refine_if_wrong": _ratio(((w2 + w3) * ~right).sum(), (first * ~right).sum()),  # a second call of any kind
         "seeds": len(weights),
     }
     out["_per_query"] = per_query  # for paired tests; dropped before writing JSON

@@ -15,8 +15,9 @@ import logging
 import numpy as np
 
 from der_pipeline.config import Params
-from der_pipeline.evaluate.common import DatasetSplit, load_split, public, results_dir, saved_policies, summarize
-from der_pipeline.evaluate.run import der_name
+from der_pipeline.artifacts import results_dir
+from der_pipeline.evaluate.common import load_split, public, saved_policies, summarize
+from der_pipeline.evaluate.names import method_label, single_id
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.arrays import concat_arrays, cost_scale
 from der_pipeline.router.methods import FixedPath, PolicyRouter
@@ -42,9 +43,9 @@ def cross_task(p: Params) -> str:
     names = p.expert_names()
     rows: dict[str, dict[str, dict]] = {}  # method -> dataset (or "all") -> metrics
     per_query: dict[str, list[np.ndarray]] = {}
-    methods = {"DER, one policy for all tasks": lambda split: [PolicyRouter(a, scale, state=p.ppo.state) for a in mixed],
-               "DER, one policy per task": lambda split: saved_policies(p, split, der_name(p))}
-    methods.update({f"single: {e}": (lambda split, e=e: [FixedPath(e, names, [e])]) for e in names})
+    methods = {"der_cross_task": lambda split: [PolicyRouter(a, scale, p.reward, "der_cross_task", state=p.ppo.state) for a in mixed],
+               "der_per_task": lambda split: saved_policies(p, split)}
+    methods.update({single_id(e): (lambda split, e=e: [FixedPath(single_id(e), names, [e])]) for e in names})
     for method, make in methods.items():
         rows[method], pooled = {}, []
         for d, split in splits.items():
@@ -78,13 +79,13 @@ def render(out: dict) -> str:
             m = by[d]
             std = f" ± {m['accuracy_std']:.3f}" if m.get("seeds", 1) > 1 else ""
             cells.append(f"{m['accuracy']:.3f}{std} ({m['calls']:.2f}, {m['cost_gflops']:.0f})")
-        shown = f"**{method}**" if method.startswith("DER") else method
+        shown = f"**{method_label(method)}**" if method.startswith("der") else method_label(method)
         lines.append(f"| {shown} | " + " | ".join(cells) + " |")
     lines += ["", "Where the one policy for all tasks goes first, and how often it refines, per dataset:", "",
               "| Dataset | " + " | ".join(f"first: {e}" for e in out["experts"]) + " | refines |",
               "|---|" + "---|" * (len(out["experts"]) + 1)]
     for d in ds:
-        m = out["methods"]["DER, one policy for all tasks"][d]
+        m = out["methods"]["der_cross_task"][d]
         lines.append(f"| {d} | " + " | ".join(f"{s:.0%}" for s in m["first_expert_share"]) +
                      f" | {m['refine_rate']:.0%} |")
     lines += ["", f"One policy per seed {out['seeds']} trained on the pooled train splits "

@@ -17,15 +17,18 @@ import numpy as np
 from der_pipeline.config import Params
 from der_pipeline.data.sources import ANSWER_TYPE
 from der_pipeline.signals.metrics import TASK_METRIC
-from der_pipeline.evaluate.common import der_policies, load_split, results_dir, with_reward
+from der_pipeline.artifacts import results_dir
+from der_pipeline.evaluate.common import der_policies, load_split, with_reward
+from der_pipeline.evaluate.names import expert_of, method_label
 from der_pipeline.evaluate.frontier import aiq, apgr, cpt
 from der_pipeline.evaluate.run import METRIC_LABEL
 from der_pipeline.evaluate.stats import mean_std
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.arrays import TreeArrays
-from der_pipeline.router.methods import KNNRouter, MLPRouter, baseline_routers
+from der_pipeline.router.methods import (BestFixedPath, ConfidenceCascade, KNNRouter, MLPRouter,
+                                        baseline_routers)
 
-SWEPT = ("DER", "supervised router (MLP)", "supervised router (kNN)")
+SWEPT = ("der", "cascade", "best_fixed", "mlp", "knn")
 
 
 def _point(w: np.ndarray, test: TreeArrays, scale: float) -> tuple[float, float]:
@@ -40,23 +43,25 @@ def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
     knn = KNNRouter().fit(train, p)
     mlps = [MLPRouter(seed=s).fit(train, p) for s in p.seeds]
     for alpha in p.evaluate.alpha_sweep:
-        ders = der_policies(with_reward(p, alpha=alpha), split, "DER")
+        ders = der_policies(with_reward(p, alpha=alpha), split)
         for seed, der, mlp in zip(p.seeds, ders, mlps):
-            for method, w in (("DER", der.route(test)), ("supervised router (MLP)", mlp.route(test, alpha))):
+            for method, w in (("der", der.route(test)), ("mlp", mlp.route(test, alpha))):
                 c, q = _point(w, test, scale)
                 rows.append({"dataset": dataset, "method": method, "alpha": alpha, "seed": seed,
                              "cost_norm": round(c, 4), "accuracy": round(q, 4)})
-        c, q = _point(knn.route(test, alpha), test, scale)
-        rows.append({"dataset": dataset, "method": "supervised router (kNN)", "alpha": alpha, "seed": None,
-                     "cost_norm": round(c, 4), "accuracy": round(q, 4)})
+        for method, router in (("knn", None), ("cascade", ConfidenceCascade(alpha)), ("best_fixed", BestFixedPath(alpha))):
+            w = knn.route(test, alpha) if router is None else router.fit(train, p).route(test)
+            c, q = _point(w, test, scale)
+            rows.append({"dataset": dataset, "method": method, "alpha": alpha, "seed": None,
+                         "cost_norm": round(c, 4), "accuracy": round(q, 4)})
 
     fixed = {}
     for r in baseline_routers(p):
-        if isinstance(r, KNNRouter):
+        if isinstance(r, (KNNRouter, ConfidenceCascade, BestFixedPath)):  # swept over alpha above
             continue
         r.fit(train, p)
-        fixed[r.name] = {"point": _point(r.route(test), test, scale), "bound": r.bound}
-    singles = {k: v["point"] for k, v in fixed.items() if k.startswith("single: ")}
+        fixed[r.id] = {"point": _point(r.route(test), test, scale), "bound": r.bound}
+    singles = {k: v["point"] for k, v in fixed.items() if expert_of(k)}
     weak_name = min(singles, key=lambda k: singles[k][0])
     strong_name = max(singles, key=lambda k: singles[k][1])
     weak, strong = singles[weak_name], singles[strong_name]
@@ -85,12 +90,13 @@ def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
                          "bound": v["bound"]}
     out = {"dataset": dataset, "metric": METRIC_LABEL[TASK_METRIC[ANSWER_TYPE[dataset]]], "test_queries": test.n_queries,
            "alpha_sweep": p.evaluate.alpha_sweep, "seeds": p.seeds, "c_max": round(c_max, 4),
-           "weak": weak_name, "strong": strong_name, "methods": methods}
+           "weak": weak_name, "strong": strong_name,
+           "round_robin_order": p.evaluate.round_robin_order, "methods": methods}
     return out, rows
 
 
 def _rounded(m: dict) -> dict:
-    return {k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 4))
+    return {k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 4) + 0.0)
             for k, v in m.items()}
 
 
@@ -104,10 +110,12 @@ def render_frontier(out: dict) -> str:
     for name, m in out["methods"].items():
         aiq_s = f(m["aiq"]) + (f" ± {m['aiq_std']:.3f}" if "aiq_std" in m else "")
         apgr_s = f(m["apgr"]) + (f" ± {m['apgr_std']:.3f}" if "apgr_std" in m and m["apgr"] is not None else "")
-        shown = f"*{name}*" if m.get("bound") else (f"**{name}**" if name == "DER" else name)
+        label = "DER" if name == "der" else method_label(name, out)
+        shown = f"*{label}*" if m.get("bound") else (f"**{label}**" if name == "der" else label)
         lines.append(f"| {shown} | {aiq_s} | {apgr_s} | {f(m['cpt50'], True)} | {f(m['cpt80'], True)} |")
     lines += ["", f"Costs normalised (priciest expert's mean call = 1); AIQ over cost 0..{out['c_max']:.3f}. "
-              f"APGR and CPT run from the cheapest single expert ({out['weak']}) to the strongest ({out['strong']}); "
+              f"APGR and CPT run from the cheapest single expert ({method_label(out['weak'])}) to the strongest "
+              f"({method_label(out['strong'])}); "
               f"CPT is the share of the strongest expert's cost. Swept methods: mean over seeds {out['seeds']} at "
               f"each alpha in {out['alpha_sweep']}; ± is the std of the metric across seeds."]
     return "\n".join(lines)
@@ -121,19 +129,19 @@ def plot_frontier(out: dict, rows: list[dict], path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5.2))
     for name, m in out["methods"].items():
-        if name in SWEPT or name.startswith("self-correction (best"):  # the latter repeats one expert's point
+        if name in SWEPT or name == "self_correction_best":  # the latter repeats one expert's point
             continue
         c, q = m["points"][0]
         ax.scatter(c, q, marker="*" if m.get("bound") else "o", s=90 if m.get("bound") else 25, color="grey"
                    if not m.get("bound") else "gold", edgecolors="k", linewidths=0.4, zorder=3)
-        ax.annotate(name, (c, q), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(method_label(name, out), (c, q), fontsize=6, xytext=(3, 3), textcoords="offset points")
     strong = out["methods"][out["strong"]]["points"][0]
     oracle = next((m["points"][0] for m in out["methods"].values() if m.get("bound")), None)
     if strong:
-        ax.axhline(strong[1], ls=":", color="tab:green", lw=1, label=f"best single expert ({out['strong']})")
+        ax.axhline(strong[1], ls=":", color="tab:green", lw=1, label=f"best single expert ({expert_of(out['strong'])})")
     if oracle:
         ax.axhline(oracle[1], ls=":", color="goldenrod", lw=1, label="oracle (upper bound)")
-    for method, style in zip(SWEPT, ("-D", "--s", "-.^")):
+    for method, style in zip(SWEPT, ("-D", "-o", ":v", "--s", "-.^")):
         mine = [r for r in rows if r["method"] == method]
         xs, ys, es = [], [], []
         for alpha in out["alpha_sweep"]:
@@ -144,7 +152,8 @@ def plot_frontier(out: dict, rows: list[dict], path) -> None:
         order = np.argsort(xs)
         m = out["methods"][method]
         ax.errorbar(np.array(xs)[order], np.array(ys)[order], yerr=np.array(es)[order], fmt=style, ms=4, capsize=2,
-                    alpha=0.8, label=f"{method}: AIQ {m['aiq']:.3f}" if m["aiq"] is not None else method)
+                    alpha=0.8, label=(f"{_swept_label(method)}: AIQ {m['aiq']:.3f}" if m["aiq"] is not None
+                                      else _swept_label(method)))
     ax.set_xlabel("average cost per query (normalised: priciest expert's mean call = 1)")
     ax.set_ylabel(out["metric"])
     ax.set_title(f"{out['dataset']}: quality against cost, {out['test_queries']} test queries "
@@ -153,6 +162,10 @@ def plot_frontier(out: dict, rows: list[dict], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _swept_label(method_id: str) -> str:
+    return "DER" if method_id == "der" else method_label(method_id)
 
 
 def csv_bytes(rows: list[dict]) -> bytes:

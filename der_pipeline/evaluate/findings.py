@@ -5,7 +5,7 @@ The README's status line and its reading of the tables come from here, so that w
 """
 from __future__ import annotations
 
-from der_pipeline.evaluate.run import KNN, MLP, ORACLE, round_robin_name
+from der_pipeline.evaluate.names import expert_of, method_label
 
 SIGNIFICANCE = 0.05  # a paired-bootstrap p-value under this is called "significant"
 
@@ -31,22 +31,88 @@ def status_line(out: dict) -> str:
             f"{out['data_seed']}); score: {out['metric']}; DER and MLP numbers are means over seeds {out['seeds']}.")
 
 
-def dataset_findings(out: dict, ablations: dict | None = None) -> list[str]:
+GOAL_COST_SHARE = 0.70  # the routing issue's goal: the strongest expert's score at <= 70% of its cost
+
+
+def goal_findings(out: dict, frontier: dict | None = None) -> list[str]:
+    """The routing goals, each checked against the numbers: the best fixed path, learning on the validation
+    fold, the strongest expert at a fraction of its cost, and AIQ against the cascade and supervised routers."""
+    m = out["methods"]
+    der = m["der"]
+    comp = {c["b"]: c for c in out["comparisons"]}
+    lines = []
+    fixed = m.get("best_fixed")
+    if fixed:
+        ok = der["accuracy"] >= fixed["accuracy"] - 0.01 and der["cost_gflops"] <= fixed["cost_gflops"] * 1.0001
+        lines.append(f"Best fixed path ({fixed.get('chosen', '?')}, chosen on the train split): "
+                     f"{fixed['accuracy']:.3f} at {fixed['cost_gflops']:.0f} GFLOPs; DER "
+                     f"{der['accuracy']:.3f} at {der['cost_gflops']:.0f} GFLOPs: "
+                     + ("DER matches it (within 0.01) at no more cost." if ok else
+                        f"DER misses it (score {der['accuracy'] - fixed['accuracy']:+.3f}, cost "
+                        f"{der['cost_gflops'] / fixed['cost_gflops']:.2f}x).")
+                     + (f" Paired test: {_vs(comp['best_fixed'])}." if "best_fixed" in comp else ""))
+    training = [t for t in out.get("training", []) if t.get("untrained_val_return") is not None]
+    if training:
+        kept = sum(t["best_val_return"] for t in training) / len(training)
+        untrained = sum(t["untrained_val_return"] for t in training) / len(training)
+        iters = ", ".join(str(t["selected_iteration"]) for t in training)
+        lines.append(f"Learning: the kept PPO iterations ({iters} of {training[0]['iterations']}) reach a mean "
+                     f"validation return of {kept:.3f}, against {untrained:.3f} for the untrained policy "
+                     f"({kept - untrained:+.3f}).")
+    best = m[out["best_single"]]
+    share = der["cost_gflops"] / best["cost_gflops"]
+    c = comp[out["best_single"]]
+    met = der["accuracy"] >= best["accuracy"] and share <= GOAL_COST_SHARE
+    lines.append(f"Goal (the strongest expert's score at <= {GOAL_COST_SHARE:.0%} of its cost): "
+                 + ("met" if met else "not met") + f": DER {der['accuracy']:.3f} against "
+                 f"{best['accuracy']:.3f} for {expert_of(out['best_single'])} ({_vs(c)}), at {share:.0%} of its cost"
+                 + ("." if met else _shortfall(der, best, share)))
+    if frontier:
+        fm = frontier["methods"]
+        aiq = {k: fm[k]["aiq"] for k in ("der", "cascade", "mlp", "knn") if k in fm and fm[k]["aiq"] is not None}
+        if "der" in aiq:
+            others = {k: v for k, v in aiq.items() if k != "der"}
+            beaten = [method_label(k) for k, v in others.items() if aiq["der"] >= v]
+            lost = [f"{method_label(k)} {v:.3f}" for k, v in others.items() if aiq["der"] < v]
+            lines.append(f"AIQ: DER {aiq['der']:.3f}; " + (f"at least {', '.join(beaten)}" if beaten else "")
+                         + ("; " if beaten and lost else "") + (f"below {', '.join(lost)}" if lost else "") + ".")
+    auroc = out.get("signal_auroc")
+    if auroc and not met:
+        cheaper = [e for e in out["experts"] if m[f"single:{e}"]["cost_gflops"] < best["cost_gflops"]]
+        best_sig = {e: max((v for k, v in auroc[e].items() if k != "right_share" and v is not None), default=None)
+                    for e in cheaper}
+        shown = ", ".join(f"{e} {v:.2f}" for e, v in best_sig.items() if v is not None)
+        lines.append(f"Signals: the cheaper experts' best confidence AUROC for their own correctness (train split) "
+                     f"is {shown}; {expert_of(out['best_single'])}'s is "
+                     f"{max(v for k, v in auroc[expert_of(out['best_single'])].items() if k != 'right_share' and v is not None):.2f}. "
+                     "A cheap answer can only be trusted as far as its confidence separates right from wrong.")
+    return lines
+
+
+def _shortfall(der: dict, best: dict, share: float) -> str:
+    gaps = []
+    if der["accuracy"] < best["accuracy"]:
+        gaps.append(f"{best['accuracy'] - der['accuracy']:.3f} of score short")
+    if share > GOAL_COST_SHARE:
+        gaps.append(f"{share - GOAL_COST_SHARE:.0%} of the cost over")
+    return " (" + " and ".join(gaps) + ")."
+
+
+def dataset_findings(out: dict, ablations: dict | None = None, frontier: dict | None = None) -> list[str]:
     """One sentence per claim, each with the numbers that back it."""
     m = out["methods"]
-    der_name = out["der_method"]
-    der, best = m[der_name], m[out["best_single"]]
-    rr_name = round_robin_name(m)
-    rr = m[rr_name]
+    der_name = method_label("der", out)
+    der, best = m["der"], m[out["best_single"]]
+    rr = m["round_robin"]
     comp = {c["b"]: c for c in out["comparisons"]}
-    best_label = out["best_single"].removeprefix("single: ")
-    cheaper = [k.removeprefix("single: ") for k, v in m.items() if k.startswith("single: ")
+    best_label = expert_of(out["best_single"])
+    cheaper = [expert_of(k) for k, v in m.items() if expert_of(k)
                and v["cost_gflops"] < best["cost_gflops"] and v["accuracy"] >= best["accuracy"] - 0.02]
     lines = [f"The strongest single expert is {best_label} ({best['accuracy']:.3f} at "
              f"{best['cost_gflops']:.0f} GFLOPs per query); "
              + (f"{', '.join(cheaper)} come within 0.02 of it for less." if cheaper
                 else "no cheaper expert comes within 0.02 of it.")]
-    c = comp[rr_name]
+    c = comp["round_robin"]
     cost_ratio = der["cost_gflops"] / rr["cost_gflops"]
     aim = der["accuracy"] >= rr["accuracy"] and der["cost_gflops"] < rr["cost_gflops"]
     lines.append(f"{der_name} scores {der['accuracy']:.3f} ± {der['accuracy_std']:.3f} at {der['calls']:.2f} calls "
@@ -57,18 +123,19 @@ def dataset_findings(out: dict, ablations: dict | None = None) -> list[str]:
     c = comp[out["best_single"]]
     lines.append(f"DER is {_verdict(c)} {best_label} alone ({_vs(c)}) at "
                  f"{der['cost_gflops'] / best['cost_gflops']:.2f}x its cost.")
-    sup = [f"{_verdict(comp[name])} the {name} ({_vs(comp[name])})"
-           for name in (MLP, KNN) if name in comp]
+    sup = [f"{_verdict(comp[mid])} the {method_label(mid)} ({_vs(comp[mid])})"
+           for mid in ("mlp", "knn") if mid in comp]
     if sup:
         lines.append("DER is " + ", and ".join(sup) + ".")
     stop_right = der.get("stop_if_right")
     lines.append(f"STOP: DER refines {der['refine_rate']:.0%} of the test queries"
                  + (f"; it stops on {stop_right:.0%} of its right first answers and refines "
                     f"{der['refine_if_wrong']:.0%} of its wrong ones." if stop_right is not None else "."))
-    oracle = m.get(ORACLE)
+    oracle = m.get("oracle")
     if oracle:
         lines.append(f"The oracle reaches {oracle['accuracy']:.3f}: {oracle['accuracy'] - der['accuracy']:+.3f} over "
                      "DER, the room that a perfect router would have on this tree.")
+    lines += goal_findings(out, frontier)
     if ablations:
         lines += _ablation_findings(ablations)
     return lines
@@ -82,11 +149,10 @@ def _ablation_findings(ablations: dict) -> list[str]:
         lines.append(f"Reward form: the per-step form refines {step['refine_rate']:.0%} of queries "
                      f"({step['accuracy']:.3f}); the terminal form, paid once for the final answer, refines "
                      f"{term['refine_rate']:.0%} ({term['accuracy']:.3f} at {term['calls']:.2f} calls).")
-    with_answer, query_only = rows.get(("state", "query_answer, per_step")), rows.get(("state", "query, per_step"))
-    if with_answer and query_only:
-        lines.append(f"State: without the answer in its state DER refines {query_only['refine_rate']:.0%} of "
-                     f"queries ({query_only['accuracy']:.3f}), against {with_answer['refine_rate']:.0%} "
-                     f"({with_answer['accuracy']:.3f}) with it.")
+    states = [(k[1], r) for k, r in rows.items() if k[0] == "state"]
+    if states:
+        lines.append("State: " + "; ".join(f"{name} {r['accuracy']:.3f} at {r['cost_norm']:.3f} cost" for name, r in states)
+                     + ".")
     ev = ablations.get("bertscore_evidence") or {}
     cuts = [k.removeprefix("wrong_at_or_above_") for k in ev if k.startswith("wrong_at_or_above_")]
     if cuts:
@@ -98,19 +164,21 @@ def _ablation_findings(ablations: dict) -> list[str]:
 
 def cross_task_finding(cross: dict) -> str:
     by = cross["methods"]
-    one, per = by["DER, one policy for all tasks"]["all"], by["DER, one policy per task"]["all"]
-    singles = {k.removeprefix("single: "): v["all"]["accuracy"] for k, v in by.items() if k.startswith("single: ")}
+    one, per = by["der_cross_task"]["all"], by["der_per_task"]["all"]
+    singles = {expert_of(k): v["all"]["accuracy"] for k, v in by.items() if expert_of(k)}
     top = max(singles, key=singles.get)
     return (f"Across tasks: one policy for all tasks scores {one['accuracy']:.3f} overall, one policy per task "
             f"{per['accuracy']:.3f}; the best single expert over both test splits is {top} ({singles[top]:.3f}).")
 
 
-def render_findings(outs: list[dict], ablations: dict[str, dict], cross: dict | None = None) -> list[str]:
+def render_findings(outs: list[dict], ablations: dict[str, dict], cross: dict | None = None,
+                    frontiers: dict[str, dict] | None = None) -> list[str]:
     lines = ["#### Status and findings", "", "Computed by `der-pipeline report` from the JSON files below.", ""]
     lines += [f"- {status_line(o)}" for o in outs] + [""]
     for o in outs:
         lines += [f"What the {o['dataset']} tables say:", ""]
-        lines += [f"- {s}" for s in dataset_findings(o, ablations.get(o["dataset"]))] + [""]
+        lines += [f"- {s}" for s in dataset_findings(o, ablations.get(o["dataset"]),
+                                                      (frontiers or {}).get(o["dataset"]))] + [""]
     if cross and "skipped" not in cross:
         lines += [cross_task_finding(cross), ""]
     return lines

@@ -95,7 +95,7 @@ def apgr(points: list[Point], weak: Point, strong: Point) -> float:
 
 def cpt(points: list[Point], weak: Point, strong: Point, share: float) -> float | None:
     """RouteLLM's CPT(share): cost (as a share of the strong expert's) to recover ``share`` of the gap."""
-    (cw, qw), (cs, qs) = weak, strong
+    (_cw, qw), (cs, qs) = weak, strong
     if qs <= qw or cs <= 0:
         return None
     target = qw + share * (qs - qw)

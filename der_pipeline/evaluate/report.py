@@ -41,13 +41,65 @@ def tree_block(p: Params, dataset: str) -> list[str]:
             render_matrix(p, dataset, summary, "score"), ""]
 
 
+def chosen_block(out: dict) -> list[str]:
+    """What the fitted baselines settled on, on the train split."""
+    m, lines = out["methods"], []
+    if "chosen" in m.get("self_correction_best", {}):
+        lines.append(f"Self-correction (best on train) uses {m['self_correction_best']['chosen']}.")
+    if "chosen" in m.get("best_fixed", {}):
+        lines.append(f"The best fixed path on the train split is {m['best_fixed']['chosen']} "
+                     "('a>b': b refines a's answer; 'a>fresh:b': b answers afresh after a).")
+    c = m.get("cascade", {}).get("chosen")
+    if c:
+        lines.append(f"The confidence cascade fitted on the train split: {c['first']} answers"
+                     + (f"; when its {c['signal']} is under {c['threshold']:.3f}, {c['then']} answers afresh."
+                        if c["then"] else ", never escalating."))
+    return [" ".join(lines), ""] if lines else []
+
+
+def signals_block(out: dict) -> list[str]:
+    """How well each confidence signal predicts that an expert's own first answer is right."""
+    auroc = out.get("signal_auroc")
+    if not auroc:
+        return []
+    names = [k for k in next(iter(auroc.values())) if k != "right_share"]
+    lines = [f"How well each expert's own confidence predicts that its answer is right (AUROC over the "
+             f"{out['train_queries']} train queries' first answers; 0.5 = no information):", "",
+             "| Expert | right | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    f = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    for e, row in auroc.items():
+        lines.append(f"| {e} | {row['right_share']:.0%} | " + " | ".join(f(row[k]) for k in names) + " |")
+    return lines + [""]
+
+
+def training_block(p: Params, out: dict, rel) -> list[str]:
+    """Whether PPO learned: the kept iteration's validation return against the untrained policy's, per seed."""
+    rows = [t for t in out.get("training", []) if t.get("best_val_return") is not None]
+    if not rows:
+        return []
+    from der_pipeline.artifacts import model_dir
+
+    lines = ["PPO on the validation fold of the train split, per seed: the iteration kept and its greedy "
+             "return, against the untrained policy's:", "",
+             "| Seed | Kept iteration | Validation return (kept) | Validation return (untrained) |",
+             "|---|---|---|---|"]
+    for t in rows:
+        u = t.get("untrained_val_return")
+        lines.append(f"| {t['seed']} | {t['selected_iteration']} of {t['iterations']} | {t['best_val_return']:.3f} | "
+                     + ("n/a" if u is None else f"{u:.3f}") + " |")
+    png = model_dir(p, out["dataset"]) / f"seed-{rows[0]['seed']}" / "training_curve.png"
+    if png.exists():
+        lines += ["", f"![training curve, {out['dataset']}, seed {rows[0]['seed']}]({rel(png)})"]
+    return lines + [""]
+
+
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def results_section(p: Params, readme_dir: Path) -> str:
     from der_pipeline.evaluate.ablate import render_ablations
-    from der_pipeline.evaluate.common import results_dir
+    from der_pipeline.artifacts import results_dir
     from der_pipeline.evaluate.cross_task import render as render_cross_task
     from der_pipeline.evaluate.curves import render_frontier
     from der_pipeline.evaluate.findings import render_findings
@@ -64,22 +116,31 @@ def results_section(p: Params, readme_dir: Path) -> str:
     cross = _load(results_dir(p, "cross_task") / "metrics.json")
     loaded = {o["dataset"]: _load(results_dir(p, "ablate", o["dataset"]) / "ablations.json") for o in outs}
     ablations = {ds: a for ds, a in loaded.items() if a}  # read once: the findings and the tables share them
+    frontiers = {o["dataset"]: _load(results_dir(p, "curves", o["dataset"]) / "frontier.json") for o in outs}
     if outs:
-        parts += render_findings(outs, ablations, cross)
+        parts += render_findings(outs, ablations, cross, {k: v for k, v in frontiers.items() if v})
     rel = lambda f: Path(f).resolve().relative_to(readme_dir.resolve()).as_posix()  # noqa: E731
     for out in outs:
         ds = out["dataset"]
         parts += [f"### {ds}", "", render_table(out), ""]
-        sc = out["methods"].get("self-correction (best on train)", {})
-        if "chosen_expert" in sc:
-            parts += [f"Self-correction (best on train) uses {sc['chosen_expert']}.", ""]
-        share = out["methods"][out["der_method"]]["first_expert_share"]
+        parts += chosen_block(out)
+        share = out["methods"]["der"]["first_expert_share"]
         picks = ", ".join(f"{e} {s:.0%}" for e, s in zip(out["experts"], share))
         parts += [f"DER's first expert on the test split (mean over seeds): {picks}.", ""]
         parts += [f"Paired bootstrap over the {out['test_queries']} test queries ({p.evaluate.bootstrap} resamples):",
                   "", render_comparisons(out), ""]
         parts += proposal_block(ds)
-        frontier = _load(results_dir(p, "curves", ds) / "frontier.json")
+        parts += signals_block(out) + training_block(p, out, rel)
+        tuned = _load(results_dir(p, "tune", ds) / "tune.json")
+        if tuned:
+            from der_pipeline.evaluate.tune import render_tune
+
+            agrees = tuned["best"] == tuned["params"]
+            parts += [f"#### {ds}: choosing the settings on the validation fold", "",
+                      "params.yaml's DER settings are " + ("the best row of this table." if agrees else
+                      f"NOT the best row of this table (the best is {tuned['best']}): rerun with them."), "",
+                      render_tune(tuned), ""]
+        frontier = frontiers.get(ds)
         if frontier:
             png = results_dir(p, "curves", ds) / "cost_accuracy.png"
             parts += [f"#### {ds}: quality against cost", "", f"![quality against cost, {ds}]({rel(png)})", "",

@@ -7,72 +7,82 @@ Claims are checked with a paired bootstrap over the same test queries.
 """
 from __future__ import annotations
 
-import time
-
+from der_pipeline.artifacts import load_train_summary, results_dir
 from der_pipeline.config import Params
 from der_pipeline.data.sources import ANSWER_TYPE
-from der_pipeline.evaluate.common import load_split, public, results_dir, saved_policies, summarize
-from der_pipeline.evaluate.stats import paired_bootstrap
+from der_pipeline.evaluate.common import load_split, public, saved_policies, summarize
+from der_pipeline.evaluate.names import expert_of, method_label
+from der_pipeline.evaluate.stats import auroc, paired_bootstrap
 from der_pipeline.io import atomic_write_bytes, write_json
-from der_pipeline.router.methods import MLPRouter, Router, baseline_routers
+from der_pipeline.router.methods import CASCADE_SIGNALS, MLPRouter, Router, baseline_routers
 from der_pipeline.signals.metrics import TASK_METRIC
 
 METRIC_LABEL = {"accuracy": "Accuracy", "f1": "F1", "numeric_match": "Accuracy", "rougeL": "ROUGE-L"}
-ROUND_ROBIN = "round-robin"
-KNN = "supervised router (kNN)"
-MLP = "supervised router (MLP)"
-ORACLE = "oracle (upper bound)"
-
-
-def round_robin_name(methods: dict) -> str:
-    """The round-robin row's name (it carries the expert order, e.g. "round-robin (a > b)")."""
-    return next(k for k in methods if k.startswith(ROUND_ROBIN))
-
-
-def der_name(p: Params) -> str:
-    return f"DER (agent, {p.reward.form}, alpha={p.reward.alpha:g})"
 
 
 def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
-    t0 = time.perf_counter()
     split = load_split(p, dataset)
     train, test = split.train, split.test
     methods: dict[str, dict] = {}
     roles: dict[str, str] = {}
 
-    def add(name: str, routers: list[Router], role: str) -> None:
-        methods[name] = summarize([r.route(test) for r in routers], test, split.scale, p)
-        roles[name] = role
+    def add(method_id: str, routers: list[Router], role: str) -> None:
+        methods[method_id] = summarize([r.route(test) for r in routers], test, split.scale, p)
+        roles[method_id] = role
 
     baselines = [r.fit(train, p) for r in baseline_routers(p)]
     for r in baselines:
         if not r.bound:
-            add(r.name, [r], "baseline")
-    add(MLP, [MLPRouter(seed=s).fit(train, p) for s in p.seeds], "baseline")
-    der = der_name(p)
-    add(der, saved_policies(p, split, der), "der")
+            add(r.id, [r], "baseline")
+    add("mlp", [MLPRouter(seed=s).fit(train, p) for s in p.seeds], "baseline")
+    add("der", saved_policies(p, split), "der")
     oracle = next(r for r in baselines if r.bound)
-    add(oracle.name, [oracle], "bound")
-    sc = next(r for r in baselines if r.name.startswith("self-correction (best"))
-    methods[sc.name]["chosen_expert"] = sc.chosen
+    add(oracle.id, [oracle], "bound")
+    for r in baselines:
+        if hasattr(r, "chosen"):  # what a fitted baseline settled on (an expert, a path, a cascade)
+            methods[r.id]["chosen"] = r.chosen
 
-    singles = {k: v for k, v in methods.items() if k.startswith("single: ")}
+    singles = {k: v for k, v in methods.items() if expert_of(k)}
     best_single = max(singles, key=lambda k: singles[k]["accuracy"])
-    rr = round_robin_name(methods)
     comparisons = []
-    for other, why in ((rr, ""), (best_single, "the best single expert on the test split"),
-                       (MLP, "the supervised MLP router"), (KNN, "the supervised kNN router")):
-        test_ = paired_bootstrap(methods[der]["_per_query"], methods[other]["_per_query"],
+    for other, why in (("round_robin", ""), (best_single, "the best single expert on the test split"),
+                       ("best_fixed", "the best constant path on the train split"),
+                       ("cascade", "the confidence cascade"),
+                       ("mlp", "the supervised MLP router"), ("knn", "the supervised kNN router")):
+        test_ = paired_bootstrap(methods["der"]["_per_query"], methods[other]["_per_query"],
                                  p.evaluate.bootstrap, p.data.seed)
-        comparisons.append({"a": der, "b": other, "b_is": why, **{k: round(v, 4) if isinstance(v, float) else v
-                                                                  for k, v in test_.items()}})
+        comparisons.append({"a": "der", "b": other, "b_is": why, **{k: round(v, 4) if isinstance(v, float) else v
+                                                                    for k, v in test_.items()}})
     out = {"dataset": dataset, "metric": TASK_METRIC[ANSWER_TYPE[dataset]], "split": "test",
            "test_queries": test.n_queries, "train_queries": train.n_queries, "data_seed": p.data.seed,
            "seeds": p.seeds, "experts": train.experts, "cost_scale_gflops": round(split.scale, 3),
-           "der_method": der, "best_single": best_single,
+           "round_robin_order": p.evaluate.round_robin_order,
+           "der_settings": {"form": p.reward.form, "alpha": p.reward.alpha},
+           "best_single": best_single,
            "methods": {k: public(v) for k, v in methods.items()}, "roles": roles, "comparisons": comparisons,
-           "seconds": round(time.perf_counter() - t0, 2)}
+           "signal_auroc": signal_auroc(train), "training": training_summary(p, dataset)}
     return out, render_table(out) + "\n\n" + render_comparisons(out)
+
+
+def signal_auroc(train) -> dict:
+    """Per expert: how well each confidence signal of its hop-1 answers predicts that the answer is right
+    (task score >= 0.5), as AUROC over the train split; and how often it is right."""
+    out = {}
+    for i, e in enumerate(train.experts):
+        right = train.task1[:, i] >= 0.5
+        row = {"right_share": round(float(right.mean()), 4)}
+        for name, signal in CASCADE_SIGNALS.items():
+            a = auroc(signal(train.conf1[:, i]), right)
+            row[name] = None if a is None else round(a, 4)
+        out[e] = row
+    return out
+
+
+def training_summary(p: Params, dataset: str) -> list[dict]:
+    """Per seed: the iteration PPO kept on the validation fold, its validation return, and the untrained
+    policy's (iteration 0), from the train stage's summary."""
+    return [{k: s.get(k) for k in ("seed", "iterations", "selected_iteration", "best_val_return",
+                                   "untrained_val_return")} for s in load_train_summary(p, dataset)["seeds"]]
 
 
 def _fmt_std(m: dict) -> str:
@@ -86,7 +96,8 @@ def render_table(out: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, m in out["methods"].items():
         role = out["roles"][name]
-        shown = f"*{name}*" if role == "bound" else (f"**{name}**" if role == "der" else name)
+        label = method_label(name, out)
+        shown = f"*{label}*" if role == "bound" else (f"**{label}**" if role == "der" else label)
         lines.append(f"| {shown} | {m['accuracy']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f}) | {_fmt_std(m)} | "
                      f"{m['calls']:.2f} | {m['cost_gflops']:.1f} | {m['cost_norm']:.3f} | {m['bertscore_f1']:.3f} |")
     lines += ["", f"{out['test_queries']} test queries; every router was fitted on the {out['train_queries']} train "
@@ -99,7 +110,7 @@ def render_comparisons(out: dict) -> str:
     lines = ["| Claim: DER against | Difference (DER - other) | 95% CI (paired bootstrap) | p-value |",
              "|---|---|---|---|"]
     for c in out["comparisons"]:
-        who = f"{c['b']} ({c['b_is']})" if c["b_is"] else c["b"]
+        who = method_label(c["b"], out) + (f" ({c['b_is']})" if c["b_is"] else "")
         lines.append(f"| {who} | {c['diff']:+.3f} | {c['ci_low']:+.3f} to {c['ci_high']:+.3f} | "
                      f"{c['p_value']:.3f} |")
     return "\n".join(lines)
@@ -114,13 +125,13 @@ def evaluate(p: Params, datasets: list[str]) -> dict[str, str]:
         atomic_write_bytes(folder / "table.md", (md + "\n").encode())
         tables[ds] = md
         m = out["methods"]
-        der = m[out["der_method"]]
-        rr = m[round_robin_name(m)]
+        der = m["der"]
+        rr = m["round_robin"]
         summary[ds] = {"test_queries": out["test_queries"], "der_accuracy": der["accuracy"],
                        "der_accuracy_std": der["accuracy_std"], "der_calls": der["calls"],
                        "der_cost_norm": der["cost_norm"], "round_robin_accuracy": rr["accuracy"],
                        "round_robin_cost_norm": rr["cost_norm"], "best_single_accuracy": m[out["best_single"]]["accuracy"],
-                       "mlp_accuracy": m[MLP]["accuracy"], "knn_accuracy": m[KNN]["accuracy"],
-                       "oracle_accuracy": m[ORACLE]["accuracy"]}
+                       "mlp_accuracy": m["mlp"]["accuracy"], "knn_accuracy": m["knn"]["accuracy"],
+                       "oracle_accuracy": m["oracle"]["accuracy"]}
     write_json(summary, p.path("metrics") / "metrics.json")
     return tables

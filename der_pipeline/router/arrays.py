@@ -1,9 +1,17 @@
 """The cached tree as dense arrays: what the environment, the baselines and evaluation look up.
 
 For N experts, hop-1 values are [Q, N] (expert i answers) and hop-2 values are
-[Q, N, N] (expert j refines expert i's answer). Paths are also numbered
-flat: i for (i), and N + i*N + j for (i, j); ``path_matrix`` gives every
-path's value in that order, so a routing method is a distribution over paths.
+[Q, N, N] (expert j refines expert i's answer through the KTP). Besides refining,
+a second call can ask expert j to answer afresh (escalation): its hop-1 node,
+already in the tree, after expert i's call. Paths are numbered flat:
+
+    i                      expert i answers (one call)
+    N + i*N + j            i answers, j refines it (KTP)
+    N + N*N + i*N + j      i answers, j answers afresh (escalation; the final answer is j's)
+
+``path_matrix`` gives every path's value in that order, so a routing method is a
+distribution over the N + 2·N² paths. ``conf1`` holds the experts' own confidence
+in their hop-1 answers (experts/confidence.py), as features in [0, 1].
 """
 from __future__ import annotations
 
@@ -30,7 +38,12 @@ class TreeArrays:
     cost2: np.ndarray
     lat1: np.ndarray  # seconds of the call
     lat2: np.ndarray
+    conf1: np.ndarray  # [Q, N, F] confidence features of the hop-1 answers (CONF_FEATURES)
     params_b: tuple[float, ...] = ()  # each expert's parameters in billions (the `params` cost unit)
+
+    @property
+    def n_paths(self) -> int:
+        return self.n_experts + 2 * self.n_experts ** 2
 
     @property
     def n_queries(self) -> int:
@@ -55,25 +68,53 @@ class TreeArrays:
         return w * self.task1 + (1 - w) * self.bert1, w * self.task2 + (1 - w) * self.bert2
 
     def path_matrix(self, which: str) -> np.ndarray:
-        """[Q, N + N*N] values of every path: task, bert, calls, cost (summed) or latency (summed)."""
+        """[Q, N + 2·N²] values of every path: task, bert, calls, cost (summed) or latency (summed)."""
         q, n = self.n_queries, self.n_experts
         if which == "task":
-            a, b = self.task1, self.task2
+            a, b, f = self.task1, self.task2, self.task1[:, None, :]
         elif which == "bert":
-            a, b = self.bert1, self.bert2
+            a, b, f = self.bert1, self.bert2, self.bert1[:, None, :]
         elif which == "calls":
-            a, b = np.ones((q, n)), np.full((q, n, n), 2.0)
+            a, b, f = np.ones((q, n)), np.full((q, n, n), 2.0), np.full((q, n, n), 2.0)
         elif which == "cost":
-            a, b = self.cost1, self.cost1[:, :, None] + self.cost2
+            a, b, f = self.cost1, self.cost1[:, :, None] + self.cost2, self.cost1[:, :, None] + self.cost1[:, None, :]
         elif which == "latency":
-            a, b = self.lat1, self.lat1[:, :, None] + self.lat2
+            a, b, f = self.lat1, self.lat1[:, :, None] + self.lat2, self.lat1[:, :, None] + self.lat1[:, None, :]
         else:
             raise ValueError(which)
-        return np.concatenate([a, b.reshape(q, n * n)], axis=1).astype(np.float64)
+        f = np.broadcast_to(f, (q, n, n))
+        return np.concatenate([a, b.reshape(q, n * n), f.reshape(q, n * n)], axis=1).astype(np.float64)
 
     def path_names(self) -> list[str]:
         n = self.experts
-        return [join_path([a]) for a in n] + [join_path([a, b]) for a in n for b in n]
+        return ([join_path([a]) for a in n] + [join_path([a, b]) for a in n for b in n]
+                + [f"{a}>fresh:{b}" for a in n for b in n])
+
+
+CONF_FEATURES = ("yes_prob", "first_prob", "mean_prob", "min_prob", "length")
+
+
+def conf_features(row: dict | None) -> list[float]:
+    """A node's confidence as features in [0, 1]: P(yes) (0.5 where not a yes/no answer), the first token's
+    probability, the geometric-mean and the least token probability, and the length (tokens / 32, capped)."""
+    if row is None:
+        return [0.5, 0.0, 0.0, 0.0, 0.0]
+    import math
+
+    def prob(lp):
+        return 0.0 if lp is None else math.exp(lp)
+
+    yes = row.get("yes_prob")
+    first = row.get("first_prob")
+    return [0.5 if yes is None else float(yes), 0.0 if first is None else float(first), prob(row.get("mean_logprob")),
+            prob(row.get("min_logprob")), min((row.get("answer_tokens") or 0) / 32.0, 1.0)]
+
+
+def path_index(n: int, first: int, second: int | None = None, fresh: bool = False) -> int:
+    """The flat number of a path (see the module docstring)."""
+    if second is None:
+        return first
+    return n + (n * n if fresh else 0) + first * n + second
 
 
 def concat_arrays(parts: list[TreeArrays]) -> TreeArrays:
@@ -111,12 +152,15 @@ def cost_scale(arrays: TreeArrays) -> float:
 
 
 def build_arrays(p: Params, dataset: str) -> tuple[TreeArrays, list[str]]:
-    """Dense arrays for every query with a complete tree, scores and embeddings; also each query's split."""
-    from der_pipeline.signals.embed import load_embeddings
-    from der_pipeline.signals.score import load_scores
-    from der_pipeline.tree import load_tree
+    """Dense arrays for every query with a complete tree, scores and embeddings; also each query's split.
+
+    Costs are computed here from each call's tokens and the current params (experts/cost.py), never
+    read from the tree, so a change of ``params_b`` or ``cost_per_call`` needs no regeneration."""
+    from der_pipeline.artifacts import load_confidence, load_embeddings, load_scores, load_tree
+    from der_pipeline.experts.cost import call_cost
 
     prepared, tree = load_tree(p, dataset)
+    confidence = load_confidence(p, dataset, tree)
     scores = load_scores(p, dataset)
     emb = load_embeddings(p, dataset)
     names = p.expert_names()
@@ -139,7 +183,15 @@ def build_arrays(p: Params, dataset: str) -> tuple[TreeArrays, list[str]]:
         i, j = epos[parts[0]], epos[parts[1]]
         return qpos[qid], (i, j), n + i * n + j
 
-    for qid, path, cost, lat in zip(tree["qid"].to_pylist(), tree["path"].to_pylist(), tree["cost"].to_pylist(),
+    costs = np.zeros(tree.num_rows)
+    experts_col = tree["expert"].to_pylist()
+    ptok = np.asarray(tree["prompt_tokens"].to_numpy(), dtype=np.float64)
+    ctok = np.asarray(tree["completion_tokens"].to_numpy(), dtype=np.float64)
+    for e in p.experts:
+        rows = np.asarray([x == e.name for x in experts_col])
+        if rows.any():
+            costs[rows] = call_cost(e, ptok[rows], ctok[rows])
+    for qid, path, cost, lat in zip(tree["qid"].to_pylist(), tree["path"].to_pylist(), costs,
                                     tree["latency_s"].to_pylist()):
         qi, ij, flat = slot(qid, path)
         hop = len(ij)
@@ -160,8 +212,18 @@ def build_arrays(p: Params, dataset: str) -> tuple[TreeArrays, list[str]]:
         filled[qi, flat] = True
     if not filled.all():
         raise ValueError(f"{dataset}: {(~filled).sum()} tree nodes have no score; rerun `der-pipeline score`")
+    conf1 = np.zeros((Q, n, len(CONF_FEATURES)), np.float32)
+    missing = 0
+    for qi, qid in enumerate(qids):
+        for i, e in enumerate(names):
+            row = confidence.get((qid, e))
+            missing += row is None
+            conf1[qi, i] = conf_features(row)
+    if missing:
+        raise ValueError(f"{dataset}: {missing} hop-1 nodes have no confidence signals yet; run "
+                         f"`der-pipeline confidence` (resumable)")
     q_emb = np.stack([emb[(q, "")] for q in qids]).astype(np.float32)
-    arrays = TreeArrays(qids=qids, experts=names, q_emb=q_emb, a1_emb=a1, a2_emb=a2, **arr,
+    arrays = TreeArrays(qids=qids, experts=names, q_emb=q_emb, a1_emb=a1, a2_emb=a2, **arr, conf1=conf1,
                         params_b=tuple(e.params_b for e in p.experts))
     return arrays, prepared["split"].to_pylist()
 

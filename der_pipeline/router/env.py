@@ -1,14 +1,22 @@
 """The DER routing MDP over the cached tree: a batched torch environment plus a Gymnasium wrapper.
 
-State s_t = [emb(Q), emb(A_{t-1}) (zeros at t = 0), one-hot step, one-hot last expert (or none)];
-the ``query`` state ablation keeps emb(A_{t-1}) at zeros throughout.
-Actions 0..N-1 call an expert (it answers at t = 0, refines the last answer
-through the KTP at t = 1); action N is STOP, masked at t = 0. After T_max = 2
-calls the episode ends; the final answer is the latest one.
+State s_t (``ppo.state``):
+    query_answer             [emb(Q), emb(A_{t-1}), one-hot step, one-hot last expert]   (the proposal's)
+    query_answer_confidence  [emb(Q), emb(A_{t-1}), conf(A_{t-1}), one-hot step, one-hot last expert]
+    query                    [emb(Q), zeros, one-hot step, one-hot last expert]   (the ablation: no answer seen)
+    confidence               [conf(A_{t-1}), one-hot step, one-hot last expert]   (no embeddings to memorise)
+with zeros for A at t = 0 and conf(A) the expert's own confidence features (arrays.CONF_FEATURES).
 
-Reward for calling expert a at step t (P the chosen quality signal, C the
-call's cost divided by the priciest expert's mean call cost, or with
-``reward.cost: params`` the expert's parameters in billions / 1000), ``per_step`` form:
+Actions, for N experts: 0..N-1 ask expert j for an answer of its own (at t = 0 the first answer; at
+t = 1 an escalation: j answers afresh and its answer replaces the first), N..2N-1 ask expert j to
+refine the last answer through the KTP (t = 1 only), 2N is STOP (t = 1 only). ``reward.actions:
+ktp_only`` masks the escalations (the proposal's action set); an escalation to the expert that
+answered first is masked (it would repeat its answer). After T_max = 2 calls the episode ends; the
+final answer is the latest one.
+
+Reward for calling expert a at step t (P the chosen quality signal, C the call's cost divided by the
+priciest expert's mean call cost, or with ``reward.cost: params`` the expert's parameters in billions
+/ 1000), ``per_step`` form:
     t = 0:  R = P(y_0) - alpha*C
     t > 0:  R = P(y_t) + beta*(P(y_t) - P(y_{t-1})) - alpha*C
     then +gamma if P(y_t) >= p0, and -gamma if this is call number T_max and P(y_t) < p0.
@@ -24,6 +32,8 @@ import torch
 from der_pipeline.config import RewardConfig
 from der_pipeline.router.arrays import TreeArrays, call_costs, cost_scale
 
+T_MAX = 2  # expert calls per episode: the depth of the precomputed tree (N answers, N x N refinements)
+
 
 def step_reward(cfg: RewardConfig, p_now: torch.Tensor, p_prev: torch.Tensor | None, cost: torch.Tensor,
                 calls_made: int) -> torch.Tensor:
@@ -32,7 +42,7 @@ def step_reward(cfg: RewardConfig, p_now: torch.Tensor, p_prev: torch.Tensor | N
     if p_prev is not None:
         r = r + cfg.beta * (p_now - p_prev)
     r = r + cfg.gamma * (p_now >= cfg.p0).float()
-    if calls_made == cfg.t_max:
+    if calls_made == T_MAX:
         r = r - cfg.gamma * (p_now < cfg.p0).float()
     return r
 
@@ -40,14 +50,45 @@ def step_reward(cfg: RewardConfig, p_now: torch.Tensor, p_prev: torch.Tensor | N
 def terminal_reward(cfg: RewardConfig, p_final: torch.Tensor, cost_sum: torch.Tensor,
                     calls: torch.Tensor) -> torch.Tensor:
     r = p_final - cfg.alpha * cost_sum + cfg.gamma * (p_final >= cfg.p0).float()
-    return r - cfg.gamma * ((calls == cfg.t_max) & (p_final < cfg.p0)).float()
+    return r - cfg.gamma * ((calls == T_MAX) & (p_final < cfg.p0)).float()
 
 
-def build_obs(q_emb: torch.Tensor, ans_emb: torch.Tensor, t: torch.Tensor, last: torch.Tensor, n: int) -> torch.Tensor:
-    """The state [emb(Q), emb(A_{t-1}), one-hot step, one-hot last expert (index n = none)], batched."""
+STATES = ("query_answer", "query_answer_confidence", "query", "confidence")
+
+
+def obs_dim(state: str, emb_dim: int, n_conf: int, n: int) -> int:
+    emb = 0 if state == "confidence" else 2 * emb_dim
+    conf = n_conf if state in ("confidence", "query_answer_confidence") else 0
+    return emb + conf + 2 + n + 1
+
+
+def build_obs(state: str, q_emb: torch.Tensor, ans_emb: torch.Tensor, conf: torch.Tensor, t: torch.Tensor,
+              last: torch.Tensor, n: int) -> torch.Tensor:
+    """The state (see the module docstring), batched; ``last`` = -1 before the first call."""
     step = torch.nn.functional.one_hot(t.clamp(max=1), 2).float()
     last_oh = torch.nn.functional.one_hot(torch.where(last < 0, n, last), n + 1).float()
+    if state == "confidence":
+        return torch.cat([conf, step, last_oh], dim=1)
+    if state == "query_answer_confidence":
+        return torch.cat([q_emb, ans_emb, conf, step, last_oh], dim=1)
+    if state == "query":
+        ans_emb = torch.zeros_like(ans_emb)
     return torch.cat([q_emb, ans_emb, step, last_oh], dim=1)
+
+
+def allowed_actions(t: torch.Tensor, last: torch.Tensor, n: int, ktp_only: bool) -> torch.Tensor:
+    """[B, 2N + 1] True where an action is allowed: at t = 0 only a first answer; at t = 1 a refinement,
+    STOP, or (unless ``ktp_only``) an escalation to another expert than the one that answered."""
+    mask = torch.ones(len(t), 2 * n + 1, dtype=torch.bool)
+    first = t == 0
+    mask[first, n:] = False
+    second = ~first
+    if ktp_only:
+        mask[second, :n] = False
+    else:
+        rows = torch.nonzero(second).squeeze(1)
+        mask[rows, last[rows].clamp(min=0)] = False  # escalating to the same expert repeats its answer
+    return mask
 
 
 class TreeTensors:
@@ -60,14 +101,12 @@ class TreeTensors:
         q1, q2 = arrays.quality(cfg)
         t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
         self.q_emb, self.a1_emb, self.a2_emb = t(arrays.q_emb), t(arrays.a1_emb), t(arrays.a2_emb)
+        self.conf1 = t(arrays.conf1)
         self.p1, self.p2 = t(q1), t(q2)
         c1, c2 = call_costs(arrays, cfg.cost, self.scale)
         self.c1, self.c2 = t(c1), t(c2)
         self.n_queries = arrays.n_queries
 
-    @property
-    def obs_dim(self) -> int:
-        return 2 * self.dim + 2 + self.n + 1
 
 
 class VectorTreeEnv:
@@ -75,15 +114,16 @@ class VectorTreeEnv:
 
     def __init__(self, arrays: TreeArrays, cfg: RewardConfig, num_envs: int, seed: int = 0,
                  scale: float | None = None, autoreset: bool = True, state: str = "query_answer"):
-        if state not in ("query_answer", "query"):
-            raise ValueError(f"state must be query_answer or query, got {state!r}")
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
         self.cfg = cfg
         self.state = state
         self.data = TreeTensors(arrays, cfg, scale)
         self.num_envs = num_envs
         self.autoreset = autoreset
-        self.n_actions = self.data.n + 1
-        self.stop = self.data.n
+        n = self.data.n
+        self.n_actions = 2 * n + 1  # answer afresh 0..N-1, refine N..2N-1, STOP 2N
+        self.stop = 2 * n
         self.gen = torch.Generator().manual_seed(seed)
         self.q = torch.zeros(num_envs, dtype=torch.long)
         self.t = torch.zeros(num_envs, dtype=torch.long)
@@ -92,7 +132,7 @@ class VectorTreeEnv:
 
     @property
     def obs_dim(self) -> int:
-        return self.data.obs_dim
+        return obs_dim(self.state, self.data.dim, self.data.conf1.shape[-1], self.data.n)
 
     def reset(self, queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if queries is None:
@@ -116,22 +156,20 @@ class VectorTreeEnv:
         at1 = self.t >= 1
         last = self.last.clamp(min=0)
         ans = torch.zeros(self.num_envs, d.dim)
-        if self.state == "query_answer":  # the "query" ablation hides the last answer (zeros)
-            ans[at1] = d.a1_emb[self.q[at1], last[at1]]
-        return build_obs(d.q_emb[self.q], ans, self.t, self.last, d.n)
+        conf = torch.zeros(self.num_envs, d.conf1.shape[-1])
+        ans[at1] = d.a1_emb[self.q[at1], last[at1]]
+        conf[at1] = d.conf1[self.q[at1], last[at1]]
+        return build_obs(self.state, d.q_emb[self.q], ans, conf, self.t, self.last, d.n)
 
     def action_mask(self) -> torch.Tensor:
-        """True where an action is allowed: STOP never at t = 0."""
-        mask = torch.ones(self.num_envs, self.n_actions, dtype=torch.bool)
-        mask[self.t == 0, self.stop] = False
-        return mask
+        return allowed_actions(self.t, self.last, self.data.n, self.cfg.actions == "ktp_only")
 
     def step(self, actions: torch.Tensor):
         """Returns obs, mask, reward, done, info (info: per finished episode, its calls, quality and return parts)."""
         d, cfg = self.data, self.cfg
         mask = self.action_mask()
         if not bool(mask.gather(1, actions[:, None]).all()):
-            raise ValueError("an action was taken that the mask forbids (STOP at t = 0)")
+            raise ValueError("an action was taken that the mask forbids")
         reward = torch.zeros(self.num_envs)
         done = torch.zeros(self.num_envs, dtype=torch.bool)
         final_p = torch.zeros(self.num_envs)
@@ -149,7 +187,11 @@ class VectorTreeEnv:
         second = (self.t == 1) & (actions != self.stop)
         if second.any():
             q, a, prev = self.q[second], actions[second], self.last[second]
-            p, p_prev, c = d.p2[q, prev, a], d.p1[q, prev], d.c2[q, prev, a]
+            fresh = a < d.n
+            j = torch.where(fresh, a, a - d.n)
+            p = torch.where(fresh, d.p1[q, j], d.p2[q, prev, j])
+            c = torch.where(fresh, d.c1[q, j], d.c2[q, prev, j])
+            p_prev = d.p1[q, prev]
             self.cost_sum[second] += c
             if terminal:
                 reward[second] = terminal_reward(cfg, p, self.cost_sum[second], torch.full_like(p, 2.0))

@@ -1,9 +1,10 @@
 """Every routing method behind one interface (after RouteLLM's router registry).
 
 A method is fitted on the train split and then, for each test query, gives a
-probability distribution over the tree's N + N*N paths (one-hot for the
+probability distribution over the tree's N + 2·N² paths (arrays.py numbers them; one-hot for the
 deterministic ones; the random router's is exact, not sampled). Evaluation then
-reads any quantity of the chosen paths from the cached tree.
+reads any quantity of the chosen paths from the cached tree. Each router has a
+stable ``id`` (evaluate/names.py lists them and gives their display names).
 """
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from der_pipeline.config import Params
-from der_pipeline.router.arrays import TreeArrays, cost_scale
+from der_pipeline.config import Params, RewardConfig
+from der_pipeline.router.arrays import TreeArrays, cost_scale, path_index
 from der_pipeline.router.env import VectorTreeEnv
 
 
-def path_index(n: int, first: int, second: int | None = None) -> int:
-    return first if second is None else n + first * n + second
+def one_hot_paths(test: TreeArrays, idx) -> np.ndarray:
+    """[Q, paths] weights putting all mass on path ``idx`` (one int, or one per query)."""
+    w = np.zeros((test.n_queries, test.n_paths))
+    w[np.arange(test.n_queries), idx] = 1.0
+    return w
 
 
 class Router(ABC):
-    name: str = ""
+    id: str = ""
     bound: bool = False  # an upper bound that uses the reference (the oracle), not a real router
 
     def fit(self, train: TreeArrays, p: Params) -> "Router":
@@ -30,24 +34,24 @@ class Router(ABC):
 
     @abstractmethod
     def route(self, test: TreeArrays) -> np.ndarray:
-        """[Q, N + N*N] probabilities over paths."""
+        """[Q, N + 2·N²] probabilities over paths."""
 
 
 class FixedPath(Router):
-    def __init__(self, name: str, experts: list[str], path: list[str]):
-        self.name = name
-        self.idx = path_index(len(experts), *[experts.index(e) for e in path])
+    """Always the same path: one expert, one refining another (KTP), or with ``fresh`` one answering afresh."""
+
+    def __init__(self, method_id: str, experts: list[str], path: list[str], fresh: bool = False):
+        self.id = method_id
+        self.idx = path_index(len(experts), *[experts.index(e) for e in path], fresh=fresh)
 
     def route(self, test: TreeArrays) -> np.ndarray:
-        w = np.zeros((test.n_queries, test.n_experts * (test.n_experts + 1)))
-        w[:, self.idx] = 1.0
-        return w
+        return one_hot_paths(test, self.idx)
 
 
 class SelfCorrectionBest(Router):
     """The expert whose self-refinement (i, i) scores best on the train split."""
 
-    name = "self-correction (best on train)"
+    id = "self_correction_best"
 
     def fit(self, train: TreeArrays, p: Params) -> "SelfCorrectionBest":
         diag = np.einsum("qii->qi", train.task2).mean(axis=0)
@@ -56,31 +60,37 @@ class SelfCorrectionBest(Router):
         return self
 
     def route(self, test: TreeArrays) -> np.ndarray:
-        n = test.n_experts
-        w = np.zeros((test.n_queries, n * (n + 1)))
-        w[:, path_index(n, self.expert, self.expert)] = 1.0
-        return w
+        return one_hot_paths(test, path_index(test.n_experts, self.expert, self.expert))
 
 
 class RandomRouter(Router):
-    """Uniform over allowed actions: an expert at t = 0, then STOP or any expert. Exact expectation."""
+    """Uniform over the allowed actions of the MDP (reward.actions): an expert at t = 0, then STOP, any
+    refinement, or (unless ktp_only) an escalation to another expert. Exact expectation."""
 
-    name = "random"
+    id = "random"
+    fresh = True
+
+    def fit(self, train: TreeArrays, p: Params) -> "RandomRouter":
+        self.fresh = p.reward.actions != "ktp_only"
+        return self
 
     def route(self, test: TreeArrays) -> np.ndarray:
         n = test.n_experts
-        w = np.zeros((test.n_queries, n * (n + 1)))
+        second = 1 + n + (n - 1 if self.fresh else 0)  # STOP, refinements, escalations
+        w = np.zeros((test.n_queries, test.n_paths))
         for i in range(n):
-            w[:, i] = 1.0 / n * 1.0 / (n + 1)
+            w[:, i] = 1.0 / n / second
             for j in range(n):
-                w[:, path_index(n, i, j)] = 1.0 / n * 1.0 / (n + 1)
+                w[:, path_index(n, i, j)] = 1.0 / n / second
+                if self.fresh and j != i:
+                    w[:, path_index(n, i, j, fresh=True)] = 1.0 / n / second
         return w
 
 
 class Oracle(Router):
     """The cheapest path reaching the best task quality in the tree: an upper bound that peeks at the reference."""
 
-    name = "oracle (upper bound)"
+    id = "oracle"
     bound = True
 
     def route(self, test: TreeArrays) -> np.ndarray:
@@ -110,11 +120,7 @@ class PredictedQualityRouter(Router):
 
     def route(self, test: TreeArrays, alpha: float | None = None) -> np.ndarray:
         a = self.alpha_used if alpha is None else alpha
-        choice = np.argmax(self.predict(test) - a * self.cost[None, :], axis=1)
-        n = test.n_experts
-        w = np.zeros((test.n_queries, n * (n + 1)))
-        w[np.arange(test.n_queries), choice] = 1.0
-        return w
+        return one_hot_paths(test, np.argmax(self.predict(test) - a * self.cost[None, :], axis=1))
 
 
 class KNNRouter(PredictedQualityRouter):
@@ -123,7 +129,7 @@ class KNNRouter(PredictedQualityRouter):
 
     def __init__(self, alpha: float | None = None):
         self.alpha = alpha
-        self.name = "supervised router (kNN)" if alpha is None else f"supervised router (kNN, alpha={alpha:g})"
+        self.id = "knn"
 
     def fit(self, train: TreeArrays, p: Params) -> "KNNRouter":
         self._fit_price(train, p, self.alpha)
@@ -145,7 +151,7 @@ class MLPRouter(PredictedQualityRouter):
 
     def __init__(self, alpha: float | None = None, seed: int = 1):
         self.alpha, self.seed = alpha, seed
-        self.name = "supervised router (MLP)" if alpha is None else f"supervised router (MLP, alpha={alpha:g})"
+        self.id = "mlp"
 
     def fit(self, train: TreeArrays, p: Params) -> "MLPRouter":
         self._fit_price(train, p, self.alpha)
@@ -167,47 +173,120 @@ class MLPRouter(PredictedQualityRouter):
             return torch.sigmoid(self.net(torch.as_tensor(test.q_emb, dtype=torch.float32))).numpy()
 
 
+def allowed_paths(n: int, ktp_only: bool) -> np.ndarray:
+    """[N + 2·N²] True for the paths the MDP can take: every single answer and refinement, and (unless
+    ``ktp_only``) every escalation to another expert."""
+    ok = np.ones(n + 2 * n * n, dtype=bool)
+    fresh = ok[n + n * n:].reshape(n, n)
+    fresh[:] = not ktp_only
+    np.fill_diagonal(fresh, False)
+    return ok
+
+
+class BestFixedPath(Router):
+    """The best constant policy: the one path (of the MDP's, see ``allowed_paths``) with the highest
+    train-split task score minus alpha times its normalised cost. An RL agent that loses to it has
+    learned nothing about individual queries."""
+
+    id = "best_fixed"
+
+    def __init__(self, alpha: float | None = None):
+        self.alpha = alpha
+
+    def fit(self, train: TreeArrays, p: Params) -> "BestFixedPath":
+        a = p.reward.alpha if self.alpha is None else self.alpha
+        utility = train.path_matrix("task").mean(axis=0) - a * train.path_matrix("cost").mean(axis=0) / cost_scale(train)
+        utility[~allowed_paths(train.n_experts, p.reward.actions == "ktp_only")] = -np.inf
+        self.idx = int(np.argmax(utility))
+        self.chosen = train.path_names()[self.idx]
+        return self
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        return one_hot_paths(test, self.idx)
+
+
+CASCADE_SIGNALS = {"yes_margin": lambda c: np.abs(c[..., 0] - 0.5) * 2, "first_prob": lambda c: c[..., 1],
+                   "mean_prob": lambda c: c[..., 2], "min_prob": lambda c: c[..., 3]}
+
+
+class ConfidenceCascade(Router):
+    """A confidence cascade in the manner of FrugalGPT and AutoMix: a cheaper expert answers; when its own
+    confidence is under a threshold, a pricier expert answers afresh (an escalation path). The pair, the
+    confidence signal (CASCADE_SIGNALS) and the threshold are fitted on the train split to maximise the task
+    score minus alpha times the normalised cost; the single experts are candidates too (never escalate)."""
+
+    id = "cascade"
+
+    def __init__(self, alpha: float | None = None):
+        self.alpha = alpha
+
+    def fit(self, train: TreeArrays, p: Params) -> "ConfidenceCascade":
+        a = p.reward.alpha if self.alpha is None else self.alpha
+        scale = cost_scale(train)
+        n = train.n_experts
+        mean_cost = train.cost1.mean(axis=0)
+        best = (-np.inf, None)
+        for i in range(n):  # never escalate: expert i alone
+            u = train.task1[:, i].mean() - a * train.cost1[:, i].mean() / scale
+            best = max(best, (u, (i, None, None, None)), key=lambda x: x[0])
+        for i in range(n):
+            for j in range(n):
+                if mean_cost[j] <= mean_cost[i]:
+                    continue
+                for name, signal in CASCADE_SIGNALS.items():
+                    conf = signal(train.conf1[:, i])
+                    for tau in [*np.unique(np.quantile(conf, np.linspace(0.05, 1.0, 20))), np.inf]:
+                        esc = conf < tau
+                        score = np.where(esc, train.task1[:, j], train.task1[:, i]).mean()
+                        cost = np.where(esc, train.cost1[:, i] + train.cost1[:, j], train.cost1[:, i]).mean()
+                        u = score - a * cost / scale
+                        if u > best[0] + 1e-12:
+                            best = (u, (i, j, name, float(tau)))
+        self.cheap, self.strong, self.signal, self.threshold = best[1]
+        self.chosen = {"first": train.experts[self.cheap],
+                       "then": None if self.strong is None else train.experts[self.strong],
+                       "signal": self.signal, "threshold": self.threshold}
+        return self
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        n = test.n_experts
+        if self.strong is None:
+            return one_hot_paths(test, self.cheap)
+        esc = CASCADE_SIGNALS[self.signal](test.conf1[:, self.cheap]) < self.threshold
+        idx = np.where(esc, path_index(n, self.cheap, self.strong, fresh=True), self.cheap)
+        return one_hot_paths(test, idx)
+
+
 class PolicyRouter(Router):
     """A trained DER policy, greedy: runs the MDP on every test query once."""
 
-    def __init__(self, agent, scale: float, name: str = "DER (agent)", state: str = "query_answer"):
-        self.agent, self.scale, self.name, self.state = agent, scale, name, state
+    def __init__(self, agent, scale: float, reward: RewardConfig, method_id: str = "der", state: str = "query_answer"):
+        self.agent, self.scale, self.reward, self.id, self.state = agent, scale, reward, method_id, state
 
     def route(self, test: TreeArrays) -> np.ndarray:
-        paths = greedy_paths(self.agent, test, self.scale, self.state)
-        n = test.n_experts
-        w = np.zeros((test.n_queries, n * (n + 1)))
-        w[np.arange(test.n_queries), paths] = 1.0
-        return w
+        return one_hot_paths(test, greedy_paths(self.agent, test, self.scale, self.reward, self.state))
 
 
-def greedy_paths(agent, arrays: TreeArrays, scale: float, state: str = "query_answer") -> np.ndarray:
-    """The flat path index each query ends on under the greedy policy."""
-    from der_pipeline.config import RewardConfig
-
-    env = VectorTreeEnv(arrays, RewardConfig(), num_envs=arrays.n_queries, scale=scale, autoreset=False,
-                        state=state)
+def greedy_paths(agent, arrays: TreeArrays, scale: float, reward: RewardConfig,
+                 state: str = "query_answer") -> np.ndarray:
+    """The flat path index each query ends on under the greedy policy (the env of ``reward``: its action set)."""
+    env = VectorTreeEnv(arrays, reward, num_envs=arrays.n_queries, scale=scale, autoreset=False, state=state)
     obs, mask = env.reset(torch.arange(arrays.n_queries))
     first = agent.greedy(obs, mask)
     obs, mask, _, _, _ = env.step(first)
     second = agent.greedy(obs, mask)
     n = arrays.n_experts
-    stop = second == n
-    flat = torch.where(stop, first, n + first * n + second.clamp(max=n - 1))
-    return flat.numpy()
+    stop = second == env.stop
+    fresh = second < n
+    refine = n + first * n + (second - n).clamp(min=0)
+    escalate = n + n * n + first * n + second.clamp(max=n - 1)
+    return torch.where(stop, first, torch.where(fresh, escalate, refine)).numpy()
 
 
 def baseline_routers(p: Params) -> list[Router]:
     names = p.expert_names()
-    routers: list[Router] = [FixedPath(f"single: {e}", names, [e]) for e in names]
-    rr = p.evaluate.round_robin_order
-    routers.append(FixedPath(f"round-robin ({' > '.join(rr)})", names, rr))
-    routers += [FixedPath(f"self-correction: {e}", names, [e, e]) for e in names]
-    routers += [SelfCorrectionBest(), RandomRouter(), KNNRouter(), Oracle()]
+    routers: list[Router] = [FixedPath(f"single:{e}", names, [e]) for e in names]
+    routers.append(FixedPath("round_robin", names, p.evaluate.round_robin_order))
+    routers += [FixedPath(f"self_correction:{e}", names, [e, e]) for e in names]
+    routers += [SelfCorrectionBest(), RandomRouter(), BestFixedPath(), ConfidenceCascade(), KNNRouter(), Oracle()]
     return routers
-
-
-REGISTRY: dict[str, type[Router]] = {
-    "random": RandomRouter, "oracle": Oracle, "knn": KNNRouter, "mlp": MLPRouter,
-    "self-correction-best": SelfCorrectionBest,
-}

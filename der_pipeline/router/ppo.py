@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import zlib
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from torch.distributions.categorical import Categorical
 
 from der_pipeline.config import PPOConfig, RewardConfig
 from der_pipeline.router.arrays import TreeArrays, cost_scale
-from der_pipeline.router.env import VectorTreeEnv
+from der_pipeline.router.env import T_MAX, VectorTreeEnv
 
 MASKED = -1e9
 
@@ -90,7 +89,7 @@ def _greedy_return(agent: Agent, env: VectorTreeEnv) -> float:
     obs, mask = env.reset(torch.arange(n))
     total = torch.zeros(n)
     live = torch.ones(n, dtype=torch.bool)
-    for _ in range(env.cfg.t_max):
+    for _ in range(T_MAX):
         action = agent.greedy(obs, mask)
         obs, mask, r, done, _ = env.step(torch.where(live, action, torch.zeros_like(action)))
         total += torch.where(live, r, torch.zeros_like(r))
@@ -117,6 +116,7 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
     best_val, best_state, best_iteration = -float("inf"), None, 0
     envs = VectorTreeEnv(arrays, reward, cfg.num_envs, seed=seed, scale=scale, state=cfg.state)
     agent = Agent(envs.obs_dim, envs.n_actions, cfg.hidden)
+    untrained_val = _greedy_return(agent, val_env) if val_env is not None else None  # iteration 0: the baseline
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
     batch_size = cfg.num_envs * cfg.num_steps
     minibatch_size = batch_size // cfg.num_minibatches
@@ -135,7 +135,6 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
     ep_return = torch.zeros(cfg.num_envs)
     history: list[dict] = []
     log_fh = open(log_path, "w") if log_path else None
-    t0 = time.perf_counter()
     try:
         for iteration in range(1, num_iterations + 1):
             if cfg.anneal_lr:
@@ -238,8 +237,7 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
                 "clipfrac": float(np.mean(clipfracs)),
                 "value_loss": float(v_loss.detach()),
                 "policy_loss": float(pg_loss.detach()),
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(time.perf_counter() - t0, 3),
+                "lr": optimizer.param_groups[0]["lr"],  # no timings: the log is a DVC-tracked output
             }
             if val_env is not None and (iteration % cfg.eval_every == 0 or iteration == num_iterations):
                 row["val_return"] = _greedy_return(agent, val_env)
@@ -249,10 +247,14 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
             history.append(row)
             if log_fh:
                 log_fh.write(json.dumps(row) + "\n")
+        if best_state is not None:
+            agent.load_state_dict(best_state)
+            kept = {"selected_iteration": best_iteration, "best_val_return": best_val,
+                    "untrained_val_return": untrained_val}
+            history[-1].update(kept)
+            if log_fh:  # the log's last line marks the kept iteration
+                log_fh.write(json.dumps({"kept": kept}) + "\n")
     finally:
         if log_fh:
             log_fh.close()
-    if best_state is not None:
-        agent.load_state_dict(best_state)
-        history[-1].update(selected_iteration=best_iteration, best_val_return=best_val)
     return agent, history

@@ -7,40 +7,23 @@ from pathlib import Path
 
 import torch
 
+from der_pipeline.artifacts import model_dir
 from der_pipeline.config import Params
 from der_pipeline.io import write_json
 from der_pipeline.router.arrays import build_arrays, cost_scale, split_arrays
+from der_pipeline.router.env import obs_dim as env_obs_dim
 from der_pipeline.router.ppo import Agent, train_ppo
-
-
-def model_dir(p: Params, dataset: str) -> Path:
-    return p.path("models") / dataset
-
-
-def policy_path(p: Params, dataset: str, seed: int | None = None) -> Path:
-    """models/<dataset>/seed-<seed>/policy.pt; the first of ``seeds`` by default (the one `ask` loads)."""
-    return model_dir(p, dataset) / f"seed-{p.seeds[0] if seed is None else seed}" / "policy.pt"
 
 
 def save_policy(agent: Agent, path: Path, *, experts: list[str], scale: float, p: Params, obs_dim: int,
                 seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": agent.state_dict(), "obs_dim": obs_dim, "n_actions": len(experts) + 1, "seed": seed,
+    torch.save({"state_dict": agent.state_dict(), "obs_dim": obs_dim, "n_actions": 2 * len(experts) + 1, "seed": seed,
                 "hidden": p.ppo.hidden, "experts": experts, "cost_scale": scale,
                 "reward": dataclasses.asdict(p.reward), "ppo": dataclasses.asdict(p.ppo),
                 "embedder": p.signals.embedder}, tmp)
     tmp.replace(path)
-
-
-def load_policy(path: Path) -> tuple[Agent, dict]:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no trained policy; run `der-pipeline train` first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    agent = Agent(ckpt["obs_dim"], ckpt["n_actions"], ckpt["hidden"])
-    agent.load_state_dict(ckpt["state_dict"])
-    agent.eval()
-    return agent, ckpt
 
 
 def plot_training(history: list[dict], path: Path, title: str) -> None:
@@ -59,6 +42,9 @@ def plot_training(history: list[dict], path: Path, title: str) -> None:
             if "selected_iteration" in history[-1]:
                 ax.axvline(history[history[-1]["selected_iteration"] - 1]["global_step"], ls=":", color="k",
                            label="kept")
+            if history[-1].get("untrained_val_return") is not None:
+                ax.axhline(history[-1]["untrained_val_return"], ls="--", color="grey", lw=1,
+                           label="untrained policy, validation fold")
             ax.legend(fontsize=7)
         ax.set_title(key)
         ax.set_xlabel("environment steps")
@@ -81,7 +67,7 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
         folder = out / f"seed-{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         agent, history = train_ppo(train, p.reward, p.ppo, seed=seed, log_path=folder / "train_log.jsonl", scale=scale)
-        obs_dim = 2 * arrays.q_emb.shape[1] + 2 + arrays.n_experts + 1
+        obs_dim = env_obs_dim(p.ppo.state, arrays.q_emb.shape[1], arrays.conf1.shape[-1], arrays.n_experts)
         save_policy(agent, folder / "policy.pt", experts=arrays.experts, scale=scale, p=p, obs_dim=obs_dim, seed=seed)
         plot_training(history, folder / "training_curve.png", f"{dataset}: PPO seed {seed}, alpha={p.reward.alpha:g}, "
                       f"form={p.reward.form}, signal={p.reward.signal}")
@@ -90,8 +76,9 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
                          "final_mean_return": round(last.get("mean_return", float("nan")), 4),
                          "final_mean_calls": round(last.get("mean_calls", float("nan")), 3),
                          "selected_iteration": last.get("selected_iteration"),
-                         "best_val_return": round(last["best_val_return"], 4) if "best_val_return" in last else None})
-    summary = {"dataset": dataset, "train_queries": train.n_queries, "seeds": per_seed,
-               "seconds": round(time.perf_counter() - t0, 2)}
-    write_json(summary, out / "train_summary.json")
-    return summary
+                         "best_val_return": round(last["best_val_return"], 4) if "best_val_return" in last else None,
+                         "untrained_val_return": (round(last["untrained_val_return"], 4)
+                                                  if last.get("untrained_val_return") is not None else None)})
+    summary = {"dataset": dataset, "train_queries": train.n_queries, "seeds": per_seed}
+    write_json(summary, out / "train_summary.json")  # tracked by DVC: no timings, so a rerun changes nothing
+    return {**summary, "out": str(out), "seconds": round(time.perf_counter() - t0, 2)}

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from der_pipeline.artifacts import embeddings_path, load_tree
 from der_pipeline.config import Params
 from der_pipeline.experts.models import embedder_path
-from der_pipeline.io import read_table, write_json, write_table
+from der_pipeline.io import write_json, write_table
 from der_pipeline.schemas import EMBEDDINGS
-from der_pipeline.tree import load_tree
 
 _MODELS: dict[str, object] = {}
 
@@ -31,10 +30,6 @@ def load_embedder(source: str):
 
         _MODELS[path] = SentenceTransformer(path, device="cpu")
     return _MODELS[path]
-
-
-def embeddings_path(p: Params, dataset: str) -> Path:
-    return p.path("data") / "embeddings" / dataset / "embeddings.parquet"
 
 
 def query_text(question: str, context: str) -> str:
@@ -65,10 +60,3 @@ def embed(p: Params, dataset: str) -> dict:
     secs = time.perf_counter() - t0
     return {"dataset": dataset, "rows": table.num_rows, "dim": dim, "seconds": round(secs, 2),
             "rows_per_s": round(table.num_rows / max(secs, 1e-9), 1)}
-
-
-def load_embeddings(p: Params, dataset: str) -> dict[tuple[str, str], np.ndarray]:
-    t = read_table(embeddings_path(p, dataset), EMBEDDINGS)
-    mat = np.asarray(t["embedding"].combine_chunks().flatten().to_numpy(), dtype=np.float32)
-    mat = mat.reshape(t.num_rows, -1)
-    return {(q, pth): mat[i] for i, (q, pth) in enumerate(zip(t["qid"].to_pylist(), t["path"].to_pylist()))}

@@ -10,22 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 
 import pyarrow as pa
 
+from der_pipeline.artifacts import load_tree, scores_path
 from der_pipeline.config import Params
 from der_pipeline.experts.models import embedder_path
-from der_pipeline.io import read_table, write_table
+from der_pipeline.io import write_table
 from der_pipeline.schemas import SCORES
 from der_pipeline.signals.metrics import score_answer
-from der_pipeline.tree import load_tree
 
 log = logging.getLogger(__name__)
-
-
-def scores_path(p: Params, dataset: str) -> Path:
-    return p.path("data") / "scores" / dataset / "scores.parquet"
 
 
 def bertscore_f1(candidates: list[str], references: list[str], p: Params) -> list[float]:
@@ -63,7 +58,3 @@ def score(p: Params, dataset: str) -> dict:
     return {"dataset": dataset, "rows": len(rows), "mean_task_score": round(mean_task, 4),
             "mean_bertscore_f1": round(sum(f1) / len(f1), 4), "seconds": round(secs, 2),
             "rows_per_s": round(len(rows) / max(secs, 1e-9), 1)}
-
-
-def load_scores(p: Params, dataset: str) -> pa.Table:
-    return read_table(scores_path(p, dataset), SCORES)

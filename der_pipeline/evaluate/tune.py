@@ -1,0 +1,89 @@
+"""The `tune` stage: which DER settings do best on the train split's validation fold.
+
+Every combination of ``evaluate.tune`` (state, reward form, action set) is trained
+per seed on the train split exactly as `train` does (PPO keeps its best iteration on
+the validation fold), then its greedy policy is scored on that validation fold by
+the quantity every method is judged by: the task score minus alpha times the
+normalised cost (params' alpha). The test split is never read. The defaults in
+params.yaml are the best row of this table; `report` shows the table and says
+whether params.yaml still agrees with it. Writes results/tune/<dataset>/.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from der_pipeline.artifacts import results_dir
+from der_pipeline.config import Params
+from der_pipeline.evaluate.common import load_split
+from der_pipeline.evaluate.stats import mean_std
+from der_pipeline.io import atomic_write_bytes, write_json
+from der_pipeline.router.methods import BestFixedPath, PolicyRouter
+from der_pipeline.router.ppo import train_ppo, validation_fold
+
+
+def candidates(p: Params) -> list[dict]:
+    grid = p.evaluate.tune
+    return [{"state": s, "form": f, "actions": a} for s, f, a in itertools.product(grid.state, grid.form, grid.actions)]
+
+
+def _utility(w: np.ndarray, arrays, scale: float, alpha: float) -> tuple[float, float, float]:
+    score = float((w * arrays.path_matrix("task")).sum(axis=1).mean())
+    cost = float((w * arrays.path_matrix("cost")).sum(axis=1).mean()) / scale
+    return score, cost, score - alpha * cost
+
+
+def tune_dataset(p: Params, dataset: str) -> dict:
+    split = load_split(p, dataset)
+    fit, val = validation_fold(split.train, p.ppo.val_fraction)
+    if val is None:
+        raise ValueError("tune needs ppo.val_fraction > 0 (a validation fold of the train split)")
+    alpha = p.reward.alpha
+    rows = []
+    for cand in candidates(p):
+        q = p.override("reward", form=cand["form"], actions=cand["actions"]).override("ppo", state=cand["state"])
+        per_seed = []
+        for seed in p.seeds:
+            agent, _ = train_ppo(split.train, q.reward, q.ppo, seed=seed, scale=split.scale)
+            w = PolicyRouter(agent, split.scale, q.reward, state=q.ppo.state).route(val)
+            per_seed.append(_utility(w, val, split.scale, alpha))
+        score, cost, util = (mean_std([x[k] for x in per_seed]) for k in range(3))
+        rows.append({**cand, "val_score": round(score[0], 4), "val_cost_norm": round(cost[0], 4),
+                     "val_utility": round(util[0], 4), "val_utility_std": round(util[1], 4)})
+    best_fixed = BestFixedPath(alpha).fit(fit, p)  # a constant policy fitted on the fit part, for reference
+    fixed = _utility(best_fixed.route(val), val, split.scale, alpha)
+    best = max(rows, key=lambda r: r["val_utility"])
+    current = {"state": p.ppo.state, "form": p.reward.form, "actions": p.reward.actions}
+    return {"dataset": dataset, "alpha": alpha, "seeds": p.seeds, "fit_queries": fit.n_queries,
+            "val_queries": val.n_queries, "rows": rows, "best": {k: best[k] for k in ("state", "form", "actions")},
+            "params": current, "best_fixed_path": {"path": best_fixed.chosen, "val_score": round(fixed[0], 4),
+                                                    "val_cost_norm": round(fixed[1], 4),
+                                                    "val_utility": round(fixed[2], 4)}}
+
+
+def render_tune(out: dict) -> str:
+    lines = ["| State | Reward form | Actions | Validation score | Cost (norm.) | Score - alpha x cost (± std) |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(out["rows"], key=lambda r: -r["val_utility"]):
+        mark = " **(params.yaml)**" if {k: r[k] for k in ("state", "form", "actions")} == out["params"] else ""
+        lines.append(f"| {r['state']}{mark} | {r['form']} | {r['actions']} | {r['val_score']:.3f} | "
+                     f"{r['val_cost_norm']:.3f} | {r['val_utility']:.3f} ± {r['val_utility_std']:.3f} |")
+    f = out["best_fixed_path"]
+    lines += ["", f"Each row: DER trained on the train split's {out['fit_queries']} fit queries (seeds {out['seeds']}), "
+              f"scored on its {out['val_queries']} validation queries at alpha = {out['alpha']:g}; the test split is "
+              f"not used. For reference, the best constant path on the fit queries ({f['path']}) scores "
+              f"{f['val_score']:.3f} at cost {f['val_cost_norm']:.3f} (utility {f['val_utility']:.3f})."]
+    return "\n".join(lines)
+
+
+def tune(p: Params, datasets: list[str]) -> dict[str, str]:
+    tables = {}
+    for ds in datasets:
+        out = tune_dataset(p, ds)
+        folder = results_dir(p, "tune", ds)
+        md = render_tune(out)
+        write_json(out, folder / "tune.json")
+        atomic_write_bytes(folder / "tune.md", (md + "\n").encode())
+        tables[ds] = md
+    return tables

@@ -1,0 +1,152 @@
+"""The tree's cache key: a node is reused only when what went into it is unchanged, and readers take only
+current nodes. Fast: the fake backend stands in for the engine; the real-model paths are in test_generate_real."""
+import json
+
+import pytest
+import yaml
+
+from der_pipeline import artifacts
+from der_pipeline.config import load_params
+from der_pipeline.data.prepare import prepare
+from der_pipeline.experts import prompts as prompts_module
+from der_pipeline.generate.run import generate_dataset
+from der_pipeline.tree_store import CorruptShardError, TreeStore
+
+from conftest import REPO, SHARED_DATA
+from fakes import FakeBackend
+
+N = 3  # queries per dataset: every node of 3 x 20 is checked
+
+
+@pytest.fixture()
+def project(tmp_path):
+    """Three BoolQ and three HotpotQA records as the whole source (so every seed samples the same queries)."""
+    src = tmp_path / "src"
+    for rel in ("boolq/dev.jsonl", "hotpotqa/dev_distractor.jsonl"):
+        lines = (SHARED_DATA / rel).read_text().splitlines()[:N]
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("\n".join(lines) + "\n")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["paths"].update(source_data=str(src), data=str(tmp_path / "data"))
+    raw["data"]["datasets"] = {"boolq": {"sample": N}, "hotpotqa": {"sample": N}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return tmp_path
+
+
+def params(project, edit=None):
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    if edit:
+        edit(raw)
+    path = project / "params-edited.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_params(path)
+
+
+def run(p, dataset, **kw):
+    return generate_dataset(p, dataset, FakeBackend(p.generation, **kw), progress=False)
+
+
+def test_a_rerun_reuses_every_current_node(project):
+    p = params(project)
+    prepare(p)
+    assert run(p, "boolq")["nodes_generated"] == N * 20
+    again = run(p, "boolq")
+    assert again["nodes_generated"] == 0 and again["nodes_skipped"] == N * 20
+    read = artifacts.read_tree(p, "boolq")
+    assert read.prepared.num_rows == N and read.nodes.num_rows == N * 20 and read.stale == {}
+
+
+def test_another_data_seed_regenerates_the_hotpotqa_nodes_and_readers_skip_the_old(project):
+    p = params(project)
+    prepare(p)
+    run(p, "hotpotqa")
+    old = {r["qid"]: r["context"] for r in artifacts.load_prepared(p, "hotpotqa").to_pylist()}
+    q = params(project, lambda raw: raw["data"].update(seed=raw["data"]["seed"] + 1))
+    prepare(q)  # same queries (all three), distractors picked and ordered by the new seed
+    changed = [r["qid"] for r in artifacts.load_prepared(q, "hotpotqa").to_pylist() if old[r["qid"]] != r["context"]]
+    assert changed, "the new seed should reorder some context"
+    read = artifacts.read_tree(q, "hotpotqa")  # before regenerating: the old nodes are not read
+    assert read.incomplete == len(changed) and sum(read.stale.values()) == 20 * len(changed)
+    stats = run(q, "hotpotqa")
+    assert stats["nodes_generated"] == 20 * len(changed) and stats["nodes_stale"] == 20 * len(changed)
+    assert artifacts.read_tree(q, "hotpotqa").prepared.num_rows == N
+
+
+def test_another_chat_flag_regenerates_that_experts_nodes(project):
+    p = params(project)
+    prepare(p)
+    run(p, "boolq")
+
+    def flip(raw):
+        for e in raw["experts"]:
+            if e["name"] == "gemma3-270m":
+                e["chat"] = True
+    q = params(project, flip)
+    with pytest.raises(ValueError, match="no query has a complete current"):
+        artifacts.load_tree(q, "boolq")
+    stats = run(q, "boolq")
+    # gemma's own 4 nodes per query (1 answer + 3 refinements of others... ) and every refinement of its answer
+    n = 4
+    gemma_nodes = 1 + (n - 1) + n  # its answer, its refinements of the 3 others, every refinement of its answer
+    assert stats["nodes_generated"] == N * gemma_nodes
+
+
+def test_an_edited_prompt_regenerates_without_a_version_bump(project, monkeypatch):
+    p = params(project)
+    prepare(p)
+    run(p, "boolq")
+    monkeypatch.setitem(prompts_module.INSTRUCTIONS, "yes_no", prompts_module.INSTRUCTIONS["yes_no"] + " Be brief.")
+    assert artifacts.read_tree(p, "boolq").prepared.num_rows < N
+    chat_experts = sum(e.chat for e in p.experts)
+    # every chat expert's hop-1 node changes, and so does every node refining a changed answer
+    assert run(p, "boolq")["nodes_generated"] >= N * chat_experts
+
+
+def test_a_foreign_backends_nodes_never_replace_stored_ones(project):
+    p = params(project)
+    prepare(p)
+    run(p, "boolq")
+    mine = {(r["qid"], r["path"]): r["answer"] for r in artifacts.read_tree(p, "boolq").nodes.to_pylist()}
+    assert run(p, "boolq", name="openai")["nodes_generated"] == N * 20  # an openai server's nodes: other keys
+    read = artifacts.read_tree(p, "boolq")  # params still say llamacpp
+    assert {(r["qid"], r["path"]): r["answer"] for r in read.nodes.to_pylist()} == mine
+    assert {r["backend"] for r in read.nodes.to_pylist()} == {"llamacpp"}
+    assert sum(read.stale.values()) == N * 20  # the other backend's nodes: kept beside, skipped by readers
+    assert TreeStore(artifacts.tree_dir(p, "boolq")).read().num_rows == 2 * N * 20
+
+
+def test_a_corrupt_shard_is_reported_by_readers_and_redone_by_generate(project, monkeypatch):
+    import der_pipeline.tree_store as ts
+
+    monkeypatch.setattr(ts, "SHARD_ROWS", 20)  # one query per shard
+    p = params(project)
+    prepare(p)
+    run(p, "boolq")
+    store = TreeStore(artifacts.tree_dir(p, "boolq"))
+    store.compact()
+    shards = store.shards()
+    assert len(shards) == N
+    shards[0].write_bytes(shards[0].read_bytes()[:100])  # truncated, as in the issue
+    before = sorted(x.name for x in store.folder.iterdir())
+    with pytest.raises(CorruptShardError, match=shards[0].name):
+        artifacts.read_tree(p, "boolq")
+    assert sorted(x.name for x in store.folder.iterdir()) == before
+    stats = run(p, "boolq")
+    assert stats["corrupt_shards"] == 1 and stats["nodes_generated"] == 20  # one query lost, not the tree
+    assert artifacts.read_tree(p, "boolq").prepared.num_rows == N
+    assert list(store.folder.glob("*.corrupt"))
+
+
+def test_a_failing_backend_keeps_every_finished_node(project):
+    p = params(project)
+    prepare(p)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run(p, "boolq", fail_after=7)
+    assert TreeStore(artifacts.tree_dir(p, "boolq")).read().num_rows == 7
+    assert run(p, "boolq")["nodes_generated"] == N * 20 - 7
+
+
+def test_generate_stats_are_json(project):
+    p = params(project)
+    prepare(p)
+    json.dumps(run(p, "boolq"))
