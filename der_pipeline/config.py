@@ -217,6 +217,7 @@ class TuneConfig:
     state: list[str]
     form: list[str]
     actions: list[str]
+    learning_rate: list[float]
 
     def validate(self, key: str) -> None:
         for name, allowed in (("state", ("query_answer", "query_answer_confidence", "query", "confidence")),
@@ -224,6 +225,8 @@ class TuneConfig:
             values = getattr(self, name)
             _check(bool(values) and all(v in allowed for v in values), f"{key}.{name}",
                    f"a non-empty list from {list(allowed)}")
+        _check(bool(self.learning_rate) and all(v > 0 for v in self.learning_rate), f"{key}.learning_rate",
+               "a non-empty list of positive numbers")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,14 @@ CELLS = [
            "rate of every path (rows: first expert; columns: the refining expert)."),
     ("code", "from der_pipeline.evaluate.inspect_tree import inspect\nfrom IPython.display import Markdown\n"
              "Markdown(inspect(p, 'boolq'))"),
+    ("md", "## 3b. The experts' own confidence\nFrom their token probabilities (the `confidence` stage): for each "
+           "expert's first answer, P(yes) against whether it was right."),
+    ("code", "from der_pipeline.artifacts import load_confidence, load_scores\n"
+             "conf = load_confidence(p, 'boolq', tree)\nsc = pl.from_arrow(load_scores(p, 'boolq'))\n"
+             "c = pl.DataFrame([{'qid': q, 'path': path, **v} for (q, path), v in conf.items()])\n"
+             "c.join(sc.select('qid', 'path', 'task_score'), on=['qid', 'path']).group_by('path', 'task_score')"
+             ".agg(pl.len(), pl.col('yes_prob').mean().alias('mean P(yes)'), "
+             "pl.col('mean_logprob').mean()).sort('path', 'task_score')"),
     ("md", "## 4. BERTScore rewards wrong yes/no answers\nThe task metric and BERTScore of the same nodes, split by whether the answer was right."),
     ("code", "from der_pipeline.artifacts import load_scores\ns = pl.from_arrow(load_scores(p, 'boolq'))\n"
              "s.group_by('task_score').agg(pl.len(), pl.col('bertscore_f1').mean().alias('mean BERTScore F1')).sort('task_score')"),

@@ -44,8 +44,27 @@ def test_findings_carry_the_numbers_they_claim():
     text = " ".join(dataset_findings(results(0.75, 50.0, rr_p=0.3, best_p=0.0004)))
     assert "strongest single expert is big (0.800 at 100 GFLOPs" in text
     assert "significantly below big alone (-0.050" in text and "p < 0.001" in text and "0.50x its cost" in text
-    assert "refines 50% of the test queries; it stops on 40% of its right first answers" in text
+    assert "refines 50% of the test queries and escalates 0% to a fresh answer; it stops on 40% of its right" in text
     assert "The oracle reaches 0.900: +0.150 over DER" in text
+    # the routing goal: the strongest expert's score at <= 70% of its cost, with how far it is missed
+    assert "not met: DER 0.750 against 0.800 for big" in text and "at 50% of its cost (0.050 of score short)" in text
+
+
+def test_the_routing_goal_is_met_only_at_the_strongest_score_and_at_most_70_percent_of_its_cost():
+    met = " ".join(dataset_findings(results(0.8, 70.0, rr_p=0.3, best_p=0.9)))
+    assert "cost): met: DER 0.800" in met
+    pricey = " ".join(dataset_findings(results(0.85, 75.0, rr_p=0.3, best_p=0.1)))
+    assert "not met" in pricey and "5% of the cost over" in pricey
+
+
+def test_the_best_fixed_path_and_learning_findings():
+    out = results(0.75, 50.0, rr_p=0.3, best_p=0.01)
+    out["methods"]["best_fixed"] = {**method(0.76, 40.0), "chosen": "small>big"}
+    out["training"] = [{"seed": 1, "iterations": 40, "selected_iteration": 12, "best_val_return": 0.9,
+                        "untrained_val_return": 0.5}]
+    text = " ".join(dataset_findings(out))
+    assert "Best fixed path (small>big" in text and "DER misses it (score -0.010, cost 1.25x)" in text
+    assert "kept PPO iterations (12 of 40) reach a mean validation return of 0.900, against 0.500" in text
 
 
 def test_render_findings_lists_every_dataset():

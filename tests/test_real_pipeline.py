@@ -42,7 +42,7 @@ def small_params(raw):
     raw["evaluate"]["bootstrap"] = 100
     raw["evaluate"]["mlp_epochs"] = 50
     raw["evaluate"]["tune"] = {"state": ["query_answer_confidence", "confidence"], "form": ["per_step"],
-                               "actions": ["ktp_and_fresh"]}
+                               "actions": ["ktp_and_fresh"], "learning_rate": [0.00025, 0.001]}
 
 
 def venv_env():
@@ -140,12 +140,13 @@ def test_curves_ablations_and_cross_task_outputs(project):
     assert f["strong"].startswith("single:") and f["weak"].startswith("single:")
     assert (project / "results" / "curves" / "boolq" / "cost_accuracy.png").stat().st_size > 5000
     a = json.loads((project / "results" / "ablate" / "hotpotqa" / "ablations.json").read_text())
-    assert [r["setting"] for r in a["tables"]["reward"]] == ["per_step", "terminal", "der-paper", "proposal"]
-    states = ["query_answer_confidence", "query_answer", "query", "confidence"]
-    assert [r["setting"] for r in a["tables"]["state"]] == [f"{s}, {f}" for f in ("per_step", "terminal")
-                                                            for s in states]
+    assert [r["setting"] for r in a["tables"]["reward"]] == ["per_step", "terminal", "ktp-only", "proposal", "der-paper"]
+    states = ["query_answer_confidence", "query_answer", "confidence"]
+    forms = load_params(project / "params.yaml").evaluate.ablations.state_forms
+    assert [r["setting"] for r in a["tables"]["state"]] == [s if len(forms) == 1 else f"{s}, {f}"
+                                                            for f in forms for s in states]
     t = json.loads((project / "results" / "tune" / "boolq" / "tune.json").read_text())
-    assert len(t["rows"]) == 2 and t["best"]["state"] in ("query_answer_confidence", "confidence")
+    assert len(t["rows"]) == 2 * 2 and t["best"]["state"] in ("query_answer_confidence", "confidence")
     assert all(np.isfinite(r["val_utility"]) for r in t["rows"])
     assert sum(r["is_default"] for r in a["tables"]["signal"]) == 1
     c = json.loads((project / "results" / "cross_task" / "metrics.json").read_text())
@@ -239,7 +240,8 @@ def test_ask_runs_the_trained_policy_live(project):
                           cwd=project, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "step 0: P(action)" in out and "STOP=0.00" in out.splitlines()[0]  # STOP masked at t = 0
+    assert "step 0: P(action)" in out and "STOP" not in out.splitlines()[0]  # STOP masked at t = 0
+    assert "confidence: P(yes)" in out  # the expert's own confidence, computed live
     assert "final answer" in out and "GFLOPs" in out
 
 

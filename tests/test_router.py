@@ -286,8 +286,10 @@ def test_der_paper_preset_trains_and_learns_the_expert_bertscore_favours(repo_pa
     agent, history = train_ppo(t, p.reward, ppo, seed=1)
     assert np.isfinite(history[-1]["mean_return"])
     w = PolicyRouter(agent, cost_scale(t), p.reward).route(t)
-    first_is_1 = w[:, 1] + w[:, 3 + 3:3 + 6].sum(axis=1) + w[:, 12 + 3:12 + 6].sum(axis=1)
-    assert first_is_1.mean() > 0.9
+    # the final answer is expert 1's: alone, refined by it, or its own fresh answer after another's (the
+    # per-step reward's beta = 5 pays for the improvement, so starting elsewhere and escalating can pay)
+    final_is_1 = w[:, 1] + w[:, 3 + 1:12:3].sum(axis=1) + w[:, 12 + 1::3].sum(axis=1)
+    assert final_is_1.mean() > 0.9
 
 
 def test_validation_fold_is_a_fixed_disjoint_part_of_the_train_split():
@@ -356,3 +358,24 @@ def test_auroc_on_known_cases():
     assert auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5
     assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75  # sklearn's example
     assert auroc([0.3, 0.4], [1, 1]) is None
+
+
+def test_ppo_on_the_confidence_state_learns_to_escalate_only_when_the_cheap_expert_is_unsure():
+    rng = np.random.default_rng(0)
+    q = 96
+    t = synthetic_tree(n_queries=q, n_experts=2, dim=4)
+    right = rng.uniform(size=q) < 0.7  # the cheap expert e0 is right on ~70% of queries, e1 always
+    t.task1 = np.stack([right.astype(float), np.ones(q)], axis=1)
+    t.task2 = np.zeros((q, 2, 2))  # refinements fail here: only an escalation can fix a wrong first answer
+    t.cost1 = np.tile([1.0, 10.0], (q, 1))
+    t.cost2 = np.tile([1.0, 10.0], (q, 2, 1))
+    t.conf1 = np.full((q, 2, 5), 0.5, dtype=np.float32)
+    t.conf1[:, 0, 1] = np.where(right, 0.9, 0.1)  # e0 knows when it is right
+    cfg = reward_cfg(signal="task", form="terminal", actions="ktp_and_fresh", alpha=0.5, gamma=0.0, p0=0.5)
+    ppo = ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, val_fraction=0.0, state="confidence")
+    agent, _ = train_ppo(t, cfg, ppo, seed=1)
+    w = PolicyRouter(agent, cost_scale(t), cfg, state="confidence").route(t)
+    score = (w * t.path_matrix("task")).sum(1)
+    escalated = w[:, 2 + 4 + 1]  # e0 > fresh e1 (N + N*N + 0*N + 1)
+    assert score.mean() > 0.95
+    assert escalated[~right].mean() > 0.9 and escalated[right].mean() < 0.1  # a cascade, learned

@@ -70,17 +70,20 @@ def _pct(v) -> str:
 
 
 def render_ablations(out: dict, p: Params) -> str:
-    titles = {"signal": "P signal (reward.signal)", "reward": "Reward (form, or a named preset)",
+    titles = {"signal": "P signal (reward.signal)", "reward": "Reward (form, or a named preset: ktp-only and proposal "
+                                                             "take away the escalation)",
               "state": "State (ppo.state)"}
     parts = []
     for ablation, rows in out["tables"].items():
         lines = [f"**{titles[ablation]}**", "",
                  "| Setting | Score, task metric (mean ± std over seeds) | Avg Calls | Cost (norm.) | Refines | "
-                 "Stops on a right first answer | Refines a wrong first answer |", "|---|---|---|---|---|---|---|"]
+                 "Escalates | Stops on a right first answer | Second call on a wrong first answer |",
+                 "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             label = f"{r['setting']} (params.yaml)" if r["is_default"] else r["setting"]
             lines.append(f"| {label} | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} | {r['calls']:.2f} | "
-                         f"{r['cost_norm']:.3f} | {_pct(r['refine_rate'])} | {_pct(r['stop_if_right'])} | "
+                         f"{r['cost_norm']:.3f} | {_pct(r['refine_rate'])} | {_pct(r.get('escalate_rate'))} | "
+                         f"{_pct(r['stop_if_right'])} | "
                          f"{_pct(r['refine_if_wrong'])} |")
         parts.append("\n".join(lines))
     ev = out["bertscore_evidence"]

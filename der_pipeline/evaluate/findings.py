@@ -128,8 +128,9 @@ def dataset_findings(out: dict, ablations: dict | None = None, frontier: dict | 
     if sup:
         lines.append("DER is " + ", and ".join(sup) + ".")
     stop_right = der.get("stop_if_right")
-    lines.append(f"STOP: DER refines {der['refine_rate']:.0%} of the test queries"
-                 + (f"; it stops on {stop_right:.0%} of its right first answers and refines "
+    lines.append(f"STOP: DER refines {der['refine_rate']:.0%} of the test queries and escalates "
+                 f"{der.get('escalate_rate', 0.0):.0%} to a fresh answer"
+                 + (f"; it stops on {stop_right:.0%} of its right first answers and makes a second call on "
                     f"{der['refine_if_wrong']:.0%} of its wrong ones." if stop_right is not None else "."))
     oracle = m.get("oracle")
     if oracle:

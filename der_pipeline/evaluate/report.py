@@ -133,13 +133,13 @@ def results_section(p: Params, readme_dir: Path) -> str:
         parts += signals_block(out) + training_block(p, out, rel)
         tuned = _load(results_dir(p, "tune", ds) / "tune.json")
         if tuned:
-            from der_pipeline.evaluate.tune import render_tune
+            from der_pipeline.evaluate.tune import current_settings, render_tune
 
-            agrees = tuned["best"] == tuned["params"]
+            agrees = tuned["best"] == current_settings(p)
             parts += [f"#### {ds}: choosing the settings on the validation fold", "",
                       "params.yaml's DER settings are " + ("the best row of this table." if agrees else
                       f"NOT the best row of this table (the best is {tuned['best']}): rerun with them."), "",
-                      render_tune(tuned), ""]
+                      render_tune(tuned, current_settings(p)), ""]
         frontier = frontiers.get(ds)
         if frontier:
             png = results_dir(p, "curves", ds) / "cost_accuracy.png"

@@ -23,9 +23,13 @@ from der_pipeline.router.methods import BestFixedPath, PolicyRouter
 from der_pipeline.router.ppo import train_ppo, validation_fold
 
 
+SETTINGS = ("state", "form", "actions", "learning_rate")
+
+
 def candidates(p: Params) -> list[dict]:
     grid = p.evaluate.tune
-    return [{"state": s, "form": f, "actions": a} for s, f, a in itertools.product(grid.state, grid.form, grid.actions)]
+    return [{"state": s, "form": f, "actions": a, "learning_rate": lr}
+            for s, f, a, lr in itertools.product(grid.state, grid.form, grid.actions, grid.learning_rate)]
 
 
 def _utility(w: np.ndarray, arrays, scale: float, alpha: float) -> tuple[float, float, float]:
@@ -42,7 +46,8 @@ def tune_dataset(p: Params, dataset: str) -> dict:
     alpha = p.reward.alpha
     rows = []
     for cand in candidates(p):
-        q = p.override("reward", form=cand["form"], actions=cand["actions"]).override("ppo", state=cand["state"])
+        q = p.override("reward", form=cand["form"], actions=cand["actions"]).override(
+            "ppo", state=cand["state"], learning_rate=cand["learning_rate"])
         per_seed = []
         for seed in p.seeds:
             agent, _ = train_ppo(split.train, q.reward, q.ppo, seed=seed, scale=split.scale)
@@ -51,23 +56,31 @@ def tune_dataset(p: Params, dataset: str) -> dict:
         score, cost, util = (mean_std([x[k] for x in per_seed]) for k in range(3))
         rows.append({**cand, "val_score": round(score[0], 4), "val_cost_norm": round(cost[0], 4),
                      "val_utility": round(util[0], 4), "val_utility_std": round(util[1], 4)})
-    best_fixed = BestFixedPath(alpha).fit(fit, p)  # a constant policy fitted on the fit part, for reference
+    widest = "ktp_and_fresh" if "ktp_and_fresh" in p.evaluate.tune.actions else "ktp_only"
+    best_fixed = BestFixedPath(alpha).fit(fit, p.override("reward", actions=widest))  # a constant policy, for reference
     fixed = _utility(best_fixed.route(val), val, split.scale, alpha)
     best = max(rows, key=lambda r: r["val_utility"])
-    current = {"state": p.ppo.state, "form": p.reward.form, "actions": p.reward.actions}
     return {"dataset": dataset, "alpha": alpha, "seeds": p.seeds, "fit_queries": fit.n_queries,
-            "val_queries": val.n_queries, "rows": rows, "best": {k: best[k] for k in ("state", "form", "actions")},
-            "params": current, "best_fixed_path": {"path": best_fixed.chosen, "val_score": round(fixed[0], 4),
+            "val_queries": val.n_queries, "rows": rows, "best": {k: best[k] for k in SETTINGS},
+            "best_fixed_path": {"path": best_fixed.chosen, "val_score": round(fixed[0], 4),
                                                     "val_cost_norm": round(fixed[1], 4),
                                                     "val_utility": round(fixed[2], 4)}}
 
 
-def render_tune(out: dict) -> str:
-    lines = ["| State | Reward form | Actions | Validation score | Cost (norm.) | Score - alpha x cost (± std) |",
-             "|---|---|---|---|---|---|"]
+def current_settings(p: Params) -> dict:
+    """params.yaml's values of the tuned settings (tune itself never reads them, so changing them to the
+    best row leaves the tune stage up to date)."""
+    return {"state": p.ppo.state, "form": p.reward.form, "actions": p.reward.actions,
+            "learning_rate": p.ppo.learning_rate}
+
+
+def render_tune(out: dict, current: dict) -> str:
+    lines = ["| State | Reward form | Actions | Learning rate | Validation score | Cost (norm.) | "
+             "Score - alpha x cost (± std) |", "|---|---|---|---|---|---|---|"]
     for r in sorted(out["rows"], key=lambda r: -r["val_utility"]):
-        mark = " **(params.yaml)**" if {k: r[k] for k in ("state", "form", "actions")} == out["params"] else ""
-        lines.append(f"| {r['state']}{mark} | {r['form']} | {r['actions']} | {r['val_score']:.3f} | "
+        mark = " **(params.yaml)**" if {k: r[k] for k in SETTINGS} == current else ""
+        lines.append(f"| {r['state']}{mark} | {r['form']} | {r['actions']} | {r['learning_rate']:g} | "
+                     f"{r['val_score']:.3f} | "
                      f"{r['val_cost_norm']:.3f} | {r['val_utility']:.3f} ± {r['val_utility_std']:.3f} |")
     f = out["best_fixed_path"]
     lines += ["", f"Each row: DER trained on the train split's {out['fit_queries']} fit queries (seeds {out['seeds']}), "
@@ -82,7 +95,7 @@ def tune(p: Params, datasets: list[str]) -> dict[str, str]:
     for ds in datasets:
         out = tune_dataset(p, ds)
         folder = results_dir(p, "tune", ds)
-        md = render_tune(out)
+        md = render_tune(out, current_settings(p))
         write_json(out, folder / "tune.json")
         atomic_write_bytes(folder / "tune.md", (md + "\n").encode())
         tables[ds] = md
