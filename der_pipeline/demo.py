@@ -27,6 +27,7 @@ def run_demo(p: Params, sample: int, workdir: Path) -> str:
     from der_pipeline.evaluate.run import evaluate
     from der_pipeline.generate.run import generate
     from der_pipeline.router.train import train_dataset
+    from der_pipeline.signals.confidence import confidence_dataset
     from der_pipeline.signals.embed import embed
     from der_pipeline.signals.score import score
 
@@ -34,6 +35,7 @@ def run_demo(p: Params, sample: int, workdir: Path) -> str:
         raise ValueError("--sample must be at least 2 (the demo needs a train and a test query)")
     dp = demo_params(p, sample, workdir)
     steps = [("prepare", lambda: prepare(dp)), ("generate", lambda: generate(dp)),
+             ("confidence", lambda: confidence_dataset(dp, "boolq", progress=False)),
              ("embed", lambda: embed(dp, "boolq")), ("score", lambda: score(dp, "boolq")),
              ("train", lambda: train_dataset(dp, "boolq")), ("evaluate", lambda: evaluate(dp, ["boolq"]))]
     out = None
