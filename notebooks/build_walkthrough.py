@@ -50,7 +50,7 @@ CELLS = [
              "split = load_split(p, 'boolq')\n"
              "agent, hist = train_ppo(split.train, p.reward, p.override('ppo', total_timesteps=40960).ppo, seed=1, scale=split.scale)\n"
              "print('kept iteration', hist[-1].get('selected_iteration'), 'of', len(hist))\n"
-             "public(summarize([PolicyRouter(agent, split.scale, p.reward).route(split.test)], split.test, split.scale, p))"),
+             "public(summarize([PolicyRouter(agent, split.scale, p.reward, state=p.ppo.state).route(split.test)], split.test, split.scale, p))"),
     ("md", "## 6. The committed results\nProduced by `dvc repro` (the evaluate, curves, ablate and cross_task stages); "
            "the README's results section is written from the same files."),
     ("code", "print(open('results/evaluate/boolq/table.md').read())"),
