@@ -18,7 +18,8 @@ from der_pipeline.config import ConfigError, Params, load_params
 app = typer.Typer(
     help="Dynamic Ensemble Reasoning over small local LLMs: precompute every 2-hop expert path, "
          "score it, then train and evaluate a PPO router offline. Stages in order: "
-         "prepare -> generate -> embed -> score -> train -> evaluate, curves, ablate, cross-task (-> report).",
+         "prepare -> generate -> confidence, embed, score -> train, tune -> evaluate, curves, ablate, cross-task "
+         "(-> report).",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (the single source of truth)")

@@ -132,7 +132,7 @@ def results_section(p: Params, readme_dir: Path) -> str:
         parts += proposal_block(ds)
         parts += signals_block(out) + training_block(p, out, rel)
         tuned = _load(results_dir(p, "tune", ds) / "tune.json")
-        if tuned:
+        if tuned and "skipped" not in tuned:
             from der_pipeline.evaluate.tune import current_settings, render_tune
 
             agrees = tuned["best"] == current_settings(p)

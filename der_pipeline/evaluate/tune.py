@@ -41,8 +41,9 @@ def _utility(w: np.ndarray, arrays, scale: float, alpha: float) -> tuple[float, 
 def tune_dataset(p: Params, dataset: str) -> dict:
     split = load_split(p, dataset)
     fit, val = validation_fold(split.train, p.ppo.val_fraction)
-    if val is None:
-        raise ValueError("tune needs ppo.val_fraction > 0 (a validation fold of the train split)")
+    if val is None:  # ppo.val_fraction is 0, or the train split is too small to hold a fold out
+        return {"dataset": dataset, "skipped": f"no validation fold: ppo.val_fraction = {p.ppo.val_fraction:g} "
+                                              f"of {split.train.n_queries} train queries leaves none to compare on"}
     alpha = p.reward.alpha
     rows = []
     for cand in candidates(p):
@@ -75,6 +76,8 @@ def current_settings(p: Params) -> dict:
 
 
 def render_tune(out: dict, current: dict) -> str:
+    if "skipped" in out:
+        return f"Tune: skipped ({out['skipped']})."
     lines = ["| State | Reward form | Actions | Learning rate | Validation score | Cost (norm.) | "
              "Score - alpha x cost (± std) |", "|---|---|---|---|---|---|---|"]
     for r in sorted(out["rows"], key=lambda r: -r["val_utility"]):
