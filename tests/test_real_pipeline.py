@@ -112,7 +112,10 @@ def test_train_and_evaluate_outputs(project):
                (project / "models" / "boolq" / f"seed-{seed}" / "train_log.jsonl").read_text().splitlines()]
         assert len([r for r in log if "iteration" in r]) == 4
         assert {"mean_return", "entropy", "approx_kl", "clipfrac"} <= set(log[0])
-        assert set(log[-1]["kept"]) == {"selected_iteration", "best_val_return", "untrained_val_return"}
+        validated = any("val_return" in r for r in log)  # a train split this small may leave no fold
+        assert ("kept" in log[-1]) == validated
+        if validated:
+            assert set(log[-1]["kept"]) == {"selected_iteration", "best_val_return", "untrained_val_return"}
         assert (project / "models" / "boolq" / f"seed-{seed}" / "training_curve.png").stat().st_size > 1000
     m = json.loads((project / "results" / "evaluate" / "boolq" / "metrics.json").read_text())
     assert m["test_queries"] + m["train_queries"] == N_QUERIES and m["seeds"] == SEEDS
@@ -146,8 +149,11 @@ def test_curves_ablations_and_cross_task_outputs(project):
     assert [r["setting"] for r in a["tables"]["state"]] == [s if len(forms) == 1 else f"{s}, {f}"
                                                             for f in forms for s in states]
     t = json.loads((project / "results" / "tune" / "boolq" / "tune.json").read_text())
-    assert len(t["rows"]) == 2 * 2 and t["best"]["state"] in ("query_answer_confidence", "confidence")
-    assert all(np.isfinite(r["val_utility"]) for r in t["rows"])
+    if "skipped" in t:  # 2 train queries: the validation fold may be empty (the tune unit test covers the rest)
+        assert "no validation fold" in t["skipped"]
+    else:
+        assert len(t["rows"]) == 2 * 2 and t["best"]["state"] in ("query_answer_confidence", "confidence")
+        assert all(np.isfinite(r["val_utility"]) for r in t["rows"])
     assert sum(r["is_default"] for r in a["tables"]["signal"]) == 1
     c = json.loads((project / "results" / "cross_task" / "metrics.json").read_text())
     assert c["datasets"] == ["boolq", "hotpotqa"]

@@ -78,13 +78,15 @@ def goal_findings(out: dict, frontier: dict | None = None) -> list[str]:
                          + ("; " if beaten and lost else "") + (f"below {', '.join(lost)}" if lost else "") + ".")
     auroc = out.get("signal_auroc")
     if auroc and not met:
+        def best_auroc(e: str) -> str:
+            v = max((v for k, v in auroc[e].items() if k != "right_share" and v is not None), default=None)
+            return "n/a (one class only)" if v is None else f"{v:.2f}"
+
+        strong = expert_of(out["best_single"])
         cheaper = [e for e in out["experts"] if m[f"single:{e}"]["cost_gflops"] < best["cost_gflops"]]
-        best_sig = {e: max((v for k, v in auroc[e].items() if k != "right_share" and v is not None), default=None)
-                    for e in cheaper}
-        shown = ", ".join(f"{e} {v:.2f}" for e, v in best_sig.items() if v is not None)
+        shown = ", ".join(f"{e} {best_auroc(e)}" for e in cheaper) or "none (no cheaper expert)"
         lines.append(f"Signals: the cheaper experts' best confidence AUROC for their own correctness (train split) "
-                     f"is {shown}; {expert_of(out['best_single'])}'s is "
-                     f"{max(v for k, v in auroc[expert_of(out['best_single'])].items() if k != 'right_share' and v is not None):.2f}. "
+                     f"is {shown}; {strong}'s is {best_auroc(strong)}. "
                      "A cheap answer can only be trusted as far as its confidence separates right from wrong.")
     return lines
 
