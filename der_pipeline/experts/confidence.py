@@ -130,11 +130,11 @@ def answer_confidence(llm, prompt: Prompt, answer: str, yes_no: bool, seed: int)
     return confidence_after(llm, int(out["usage"]["prompt_tokens"]), answer, prompt.kind, yes_no)
 
 
-_YES_NO_CACHE: dict[int, tuple[set[int], set[int]]] = {}
-
-
 def _yes_no_ids(llm) -> tuple[set[int], set[int]]:
-    key = id(llm)
-    if key not in _YES_NO_CACHE:
-        _YES_NO_CACHE[key] = (word_token_ids(llm, YES_WORDS), word_token_ids(llm, NO_WORDS))
-    return _YES_NO_CACHE[key]
+    """The model's yes / no token ids, computed once per loaded model and kept on it (not keyed by id(),
+    which a later model could reuse)."""
+    ids = getattr(llm, "_der_yes_no_ids", None)
+    if ids is None:
+        ids = (word_token_ids(llm, YES_WORDS), word_token_ids(llm, NO_WORDS))
+        llm._der_yes_no_ids = ids
+    return ids
