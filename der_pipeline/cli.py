@@ -47,9 +47,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """The failures a user can cause and fix (bad input, a missing file or model, a server down): a clean message."""
     from der_pipeline.experts.backends import BackendError
     from der_pipeline.experts.models import ModelNotFoundError
+    from der_pipeline.router.live import ExpertCallError
     from der_pipeline.tree_store import CorruptShardError
 
-    return (FileNotFoundError, ValueError, ConfigError, CorruptShardError, BackendError, ModelNotFoundError)
+    return (FileNotFoundError, ValueError, ConfigError, CorruptShardError, BackendError, ModelNotFoundError,
+            ExpertCallError)
 
 
 def _datasets(p: Params, chosen: Optional[list[str]]) -> list[str]:
@@ -70,15 +72,17 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
 
 
 @app.command()
-def prepare(params: Path = ParamsOpt) -> None:
-    """Read the raw benchmarks into one canonical Parquet table per dataset (data/prepared/), seeded train/test split."""
+def prepare(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """Read the raw benchmarks (and any custom JSON-lines dataset declared in params) into one canonical Parquet
+    table per dataset (data/prepared/), seeded train/test split. Without --dataset, also removes the table of a
+    dataset whose sample is now 0."""
     from der_pipeline.artifacts import load_prepared
     from der_pipeline.data.prepare import prepare as run
     from der_pipeline.data.sources import SourceError
 
     p = _load(params)
     try:
-        written = run(p)
+        written = run(p, _datasets(p, dataset) if dataset else None)
     except SourceError as exc:
         _fail(exc)
     for name, path in written.items():
@@ -289,7 +293,7 @@ def inspect(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt)
 @app.command()
 def ask(question: str = typer.Argument(..., help="the question to answer"),
         context: str = typer.Option("", help="the passage / paragraphs the experts should read"),
-        dataset: str = typer.Option("boolq", help="which trained policy (and answer format) to use"),
+        dataset: str = typer.Option("boolq", "--dataset", "-d", help="which trained policy (and answer format) to use"),
         params: Path = ParamsOpt) -> None:
     """Answer one question live: the trained policy picks experts step by step (probabilities, answers, cost).
 
@@ -301,6 +305,60 @@ def ask(question: str = typer.Argument(..., help="the question to answer"),
         run(p, dataset, question, context, echo=typer.echo)
     except _user_errors() as exc:
         _fail(exc)
+
+
+@app.command()
+def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
+                                      help="whose trained policy (and answer format) to serve"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default; there is no "
+                                                    "authentication, so expose it only behind your own proxy)"),
+          port: int = typer.Option(8000, help="port to listen on"),
+          policy: Optional[list[Path]] = typer.Option(
+              None, "--policy", help="another trained policy.pt to serve as der:<its alpha> (repeatable), e.g. "
+                                     "from `der-pipeline train --alpha 0.3 --out runs/a03`"),
+          params: Path = ParamsOpt) -> None:
+    """Serve the trained router as an OpenAI-compatible endpoint (POST /v1/chat/completions, GET /v1/models,
+    GET /health).
+
+    The last user message is the question; the passage goes in a `context` field of the request body or in a
+    system message. `model` picks the router: `der` (the policy `ask` uses: models/<dataset>/seed-<first seed>),
+    `der:<alpha>` (a policy trained at that cost weight; see --policy), or an expert's name to call that expert
+    alone. The reply is a chat completion whose content is the last expert's answer, with `usage` summed over the
+    expert calls and a `der` object: the path, every step (expert, action probabilities, answer, confidence,
+    tokens, latency, cost) and the total cost in GFLOPs. `stream: true` streams the answer once routing is done.
+    Decoding follows params.yaml (generation.*), as in the tree; request fields such as temperature are ignored.
+    The experts load before the server listens; calls to one expert are serialised, other requests wait.
+
+    Example: from openai import OpenAI; c = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none");
+    c.chat.completions.create(model="der", messages=[{"role": "user", "content": "Is Paris in France?"}])"""
+    import logging
+
+    import uvicorn
+
+    from der_pipeline.artifacts import policy_path
+    from der_pipeline.data.sources import answer_type_of
+    from der_pipeline.router.live import LiveRouter, Policy
+    from der_pipeline.serve.app import create_app
+    from der_pipeline.serve.service import RouterService
+
+    p = _load(params)
+    if dataset not in p.data.datasets:
+        _fail(ValueError(f"--dataset {dataset!r}: unknown; one of {sorted(p.data.datasets)} (data.datasets)"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        names = p.expert_names()
+        default = Policy.load(policy_path(p, dataset), names)
+        extra = [Policy.load(path, names) for path in policy or []]
+        typer.echo(f"loading {len(names)} experts ({', '.join(names)}) and the embedder ...", err=True)
+        live = LiveRouter(p, answer_type_of(p, dataset), preload=True)
+        service = RouterService(live, dataset, default, extra)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"serving {service.model_ids()} for {dataset} at http://{host}:{port}/v1", err=True)
+    try:
+        uvicorn.run(create_app(service), host=host, port=port, access_log=False, log_level="info")
+    finally:
+        live.close()
 
 
 @app.command()

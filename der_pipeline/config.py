@@ -11,6 +11,7 @@ validates like the loader does.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
-ANSWER_TYPES = ("yes_no", "span", "number", "summary")
-DATASETS = ("boolq", "hotpotqa", "gsm8k", "xsum")
+ANSWER_TYPES = ("yes_no", "span", "number", "summary", "sentiment")
+DATASETS = ("boolq", "hotpotqa", "gsm8k", "xsum", "sst2", "squad")
 
 
 class ConfigError(ValueError):
@@ -38,7 +39,13 @@ class Paths:
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A built-in benchmark needs only ``sample``. Any other name is a custom dataset: a JSON-lines file
+    (``source``, relative to params.yaml) of records with question, optional context, reference, optional
+    aliases and id, all of one ``answer_type`` (data/sources.py reads and checks it)."""
+
     sample: int
+    source: str | None = None  # custom datasets only: their JSON-lines file
+    answer_type: str | None = None  # custom datasets only: one of ANSWER_TYPES
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,20 @@ class DataConfig:
         _check(self.hotpot_distractors >= 0, f"{key}.hotpot_distractors", "an integer >= 0")
         _check(self.max_context_chars >= 200, f"{key}.max_context_chars", "an integer >= 200")
         for name, spec in self.datasets.items():
-            _check(name in DATASETS, f"{key}.datasets.{name}", f"one of {list(DATASETS)}")
-            _check(spec.sample >= 0, f"{key}.datasets.{name}.sample", "an integer >= 0")
+            where = f"{key}.datasets.{name}"
+            _check(spec.sample >= 0, f"{where}.sample", "an integer >= 0")
+            if name in DATASETS:
+                _check(spec.source is None, f"{where}.source", f"no source: {name!r} is a built-in benchmark read from "
+                       f"paths.source_data (give a custom dataset another name)")
+                _check(spec.answer_type is None, f"{where}.answer_type", f"no answer_type: {name!r} is built in")
+                continue
+            _check(spec.source is not None or spec.answer_type is not None, where,
+                   f"a built-in dataset ({list(DATASETS)}), or a custom one with a source (.jsonl) and an answer_type")
+            _check(re.fullmatch(r"[a-z][a-z0-9_]*", name) is not None, where,
+                   f"a built-in dataset ({list(DATASETS)}) or a custom one named in lowercase letters, digits and _")
+            _check(spec.source is not None and spec.source.endswith(".jsonl"), f"{where}.source",
+                   "the path of a JSON-lines file (.jsonl) for a custom dataset")
+            _check(spec.answer_type in ANSWER_TYPES, f"{where}.answer_type", f"one of {list(ANSWER_TYPES)}")
 
     def active(self) -> list[str]:
         return [n for n, s in self.datasets.items() if s.sample > 0]
@@ -254,8 +273,7 @@ class EvaluateConfig:
                    "a list of query_answer / query_answer_confidence / query / confidence")
         for s in self.ablations.state_forms:
             _check(s in ("per_step", "terminal"), f"{key}.ablations.state_forms", "a list of per_step / terminal")
-        for d in self.cross_task:
-            _check(d in DATASETS, f"{key}.cross_task", f"a list of datasets from {list(DATASETS)}")
+
 
 
 @dataclass(frozen=True)
@@ -291,6 +309,9 @@ class Params:
         for r in self.evaluate.ablations.reward:
             _check(r in ("per_step", "terminal") or r in self.presets, "evaluate.ablations.reward",
                    f"a list of per_step / terminal / preset names {sorted(self.presets)}")
+        for d in self.evaluate.cross_task:
+            _check(d in DATASETS or d in self.data.datasets, "evaluate.cross_task",
+                   f"a list of built-in datasets {list(DATASETS)} or custom ones under data.datasets")
         for n in self.evaluate.round_robin_order:
             _check(n in names, "evaluate.round_robin_order", f"names from experts: {names}")
         _check(len(self.evaluate.round_robin_order) == 2, "evaluate.round_robin_order",

@@ -15,7 +15,7 @@ def raw():
 def test_repo_params_load_and_validate():
     p = load_params(REPO / "params.yaml")
     assert len(p.experts) == 4
-    assert set(p.data.datasets) == {"boolq", "hotpotqa", "gsm8k", "xsum"} and "boolq" in p.data.active()
+    assert set(p.data.datasets) == {"boolq", "hotpotqa", "gsm8k", "xsum", "sst2", "squad"} and "boolq" in p.data.active()
 
 
 @pytest.mark.parametrize("mutate, key", [

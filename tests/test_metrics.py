@@ -77,3 +77,43 @@ def test_rouge_l_summary():
     s = score_answer("a new park was approved", "the council approved a new park", "summary")
     assert 0.3 < s.score < 1.0
     assert score_answer("zzz", "the council approved a new park", "summary").score == 0.0
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Positive. The review praises the acting.", "positive"),
+    ("NEGATIVE", "negative"),
+    ("The sentiment is negative, not positive.", "negative"),  # the first label named decides
+    ("It is mixed.", ""),
+    ("Positively dreadful.", ""),  # a word containing the label does not count
+])
+def test_parse_sentiment(text, want):
+    from der_pipeline.signals.metrics import parse_sentiment
+
+    assert parse_sentiment(text) == want
+    assert score_answer(text, "negative", "sentiment").score == float(want == "negative")
+
+
+def test_squad_official_metric_on_its_known_cases():
+    """The official SQuAD v1.1 evaluate script: normalise (lowercase, drop punctuation and a/an/the, collapse
+    spaces), then EM and token F1, the best over every gold answer."""
+    golds = ["Denver Broncos", "the Denver Broncos", "Broncos"]
+    s = score_answer("Answer: The Denver Broncos.", golds[0], "span", golds[1:], span_rule="squad")
+    assert (s.parsed, s.score, s.exact_match) == ("The Denver Broncos", 1.0, 1.0)
+    s = score_answer("Answer: Broncos team", golds[0], "span", golds[1:], span_rule="squad")
+    # vs 'Broncos': precision 1/2, recall 1 -> F1 2/3 (the best gold); no exact match
+    assert s.score == pytest.approx(2 / 3) and s.exact_match == 0.0
+    assert score_answer("Answer: Carolina Panthers", golds[0], "span", golds[1:], span_rule="squad").score == 0.0
+    # SQuAD has no yes/no rule: partial credit where HotpotQA's official F1 gives 0
+    assert token_f1("yes", "yes sir", rule="squad") == pytest.approx(2 / 3)
+    assert token_f1("yes", "yes sir", rule="hotpotqa") == 0.0
+    assert normalize_answer("  A   Tale of Two Cities!! ") == "tale of two cities"
+
+
+def test_rouge_l_on_a_hand_computed_pair():
+    from der_pipeline.signals.metrics import rouge_l
+
+    # reference 'the cat sat on the mat' (6 tokens), candidate 'the cat lay on the mat' (6 tokens):
+    # LCS = the cat on the mat (5): P = R = 5/6 -> F = 5/6
+    assert rouge_l("the cat lay on the mat", "the cat sat on the mat") == pytest.approx(5 / 6)
+    # 'cat the' against 'the cat': LCS 1 of 2 tokens each -> 0.5
+    assert rouge_l("cat the", "the cat") == pytest.approx(0.5)

@@ -1,3 +1,4 @@
+import re
 import dataclasses
 import json
 
@@ -114,3 +115,102 @@ def test_reading_a_table_checks_its_schema(tmp_path):
     pq.write_table(pa.table({"qid": ["a"], "dataset": ["boolq"]}), path)
     with pytest.raises(SchemaError, match="missing column"):
         read_table(path, PREPARED)
+
+
+def _source(tmp_path, relpath, records):
+    path = tmp_path / "src" / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return tmp_path / "src"
+
+
+def test_sst2_preparation_on_hand_made_records(repo_params, tmp_path):
+    src = _source(tmp_path, "sst2/dev.jsonl", [{"idx": 7, "sentence": "a  gorgeous , witty film . ", "label": 1},
+                                               {"idx": 8, "sentence": "dull .", "label": 0}])
+    p = local(repo_params, tmp_path, sst2=2).override("paths", source_data=str(src))
+    prepare(p)
+    rows = {r["qid"]: r for r in load_prepared(p, "sst2").to_pylist()}
+    assert rows["sst2-7"]["context"] == "a gorgeous , witty film ." and rows["sst2-7"]["reference"] == "positive"
+    assert rows["sst2-8"]["reference"] == "negative" and rows["sst2-8"]["answer_type"] == "sentiment"
+    bad = _source(tmp_path, "sst2/dev.jsonl", [{"idx": 1, "sentence": "ok", "label": 2}])
+    with pytest.raises(SourceError, match=r"dev.jsonl:1: field 'label' is 2"):
+        prepare(p.override("paths", source_data=str(bad)))
+
+
+def test_squad_preparation_keeps_every_gold_answer_and_the_answers_sentence(repo_params, tmp_path):
+    filler = " ".join(f"Filler sentence number {i} says nothing at all." for i in range(60))
+    context = filler + " The castle was built in 1066 by the king. " + filler
+    start = context.index("1066")
+    rec = {"id": "abc", "title": "Old_Castle", "context": context, "question": "when was the castle built",
+           "answers": ["1066", "in 1066", "1066"], "answer_starts": [start, start - 3, start]}
+    p = local(repo_params, tmp_path, squad=1).override("paths", source_data=str(_source(tmp_path, "squad/dev.jsonl", [rec])))
+    prepare(p)
+    row = load_prepared(p, "squad").to_pylist()[0]
+    assert row["qid"] == "squad-abc" and row["question"] == "When was the castle built?"
+    assert row["reference"] == "1066" and row["aliases"] == ["in 1066"]  # distinct golds, the first as reference
+    assert row["context"].startswith("Old Castle: ") and "built in 1066 by the king." in row["context"]
+    assert len(row["context"]) <= p.data.max_context_chars and len(context) > 2 * p.data.max_context_chars
+    rec["answer_starts"] = [0, 0, 0]
+    bad = _source(tmp_path, "squad/dev.jsonl", [rec])
+    with pytest.raises(SourceError, match=r"dev.jsonl:1: answer '1066' is not at offset 0"):
+        prepare(p.override("paths", source_data=str(bad)))
+
+
+def custom(repo_params, tmp_path, lines, answer_type="span", sample=10):
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines))
+    p = local(repo_params, tmp_path)
+    return p.override("data", datasets={**{k: {"sample": 0} for k in p.data.datasets},
+                                        "mine": {"sample": sample, "source": str(path), "answer_type": answer_type}})
+
+
+def test_a_custom_dataset_is_prepared_from_any_jsonl(repo_params, tmp_path):
+    p = custom(repo_params, tmp_path, [
+        {"id": "a1", "question": "who wrote hamlet", "context": "Hamlet is a tragedy by William Shakespeare.",
+         "reference": "William Shakespeare", "aliases": ["Shakespeare"]},
+        {"question": "What is the capital of France?", "reference": "Paris"},
+    ])
+    out = prepare(p)
+    assert set(out) == {"mine"}
+    rows = {r["qid"]: r for r in load_prepared(p, "mine").to_pylist()}
+    assert set(rows) == {"mine-a1", "mine-2"}  # the id, or the line number
+    assert rows["mine-a1"]["question"] == "Who wrote hamlet?" and rows["mine-a1"]["aliases"] == ["Shakespeare"]
+    assert rows["mine-2"]["context"] == "" and rows["mine-2"]["answer_type"] == "span"
+    from der_pipeline.data.sources import answer_type_of
+
+    assert answer_type_of(p, "mine") == "span" and answer_type_of(p, "boolq") == "yes_no"
+
+
+@pytest.mark.parametrize("lines, answer_type, where", [
+    (['{"question": "q?", "reference": "yes"}', "{oops"], "yes_no", "mine.jsonl:2: not valid JSON"),
+    ([{"question": "q?"}], "span", "mine.jsonl:1: field 'reference' must be a non-empty string"),
+    ([{"question": " ", "reference": "x"}], "span", "mine.jsonl:1: field 'question'"),
+    ([{"question": "q?", "reference": "maybe"}], "yes_no", "mine.jsonl:1: field 'reference' is 'maybe'"),
+    ([{"question": "q?", "reference": "ten"}], "number", "not a number"),
+    ([{"question": "q?", "reference": "x", "answer": "x"}], "span", "unknown field 'answer'"),
+    ([{"question": "q?", "reference": "x", "aliases": "y"}], "span", "'aliases' must be a list"),
+    ([{"id": 1, "question": "q?", "reference": "x"}, {"id": "1", "question": "r?", "reference": "y"}], "span",
+     "mine.jsonl:2: id '1' already used on line 1"),
+])
+def test_a_malformed_custom_record_names_file_line_and_field(repo_params, tmp_path, lines, answer_type, where):
+    p = custom(repo_params, tmp_path, lines, answer_type)
+    with pytest.raises(SourceError, match=re.escape(where)):
+        prepare(p)
+    assert not list((tmp_path / "data").rglob("*.parquet"))  # nothing partial written
+
+
+def test_custom_dataset_declarations_are_checked(repo_params, tmp_path):
+    from der_pipeline.config import ConfigError
+
+    base = {k: {"sample": 0} for k in repo_params.data.datasets}
+    for spec, key in [({"sample": 5, "answer_type": "span"}, "data.datasets.mine.source"),
+                      ({"sample": 5, "source": "x.jsonl"}, "data.datasets.mine.answer_type"),
+                      ({"sample": 5, "source": "x.jsonl", "answer_type": "poem"}, "data.datasets.mine.answer_type"),
+                      ({"sample": 5, "source": "x.csv", "answer_type": "span"}, "data.datasets.mine.source")]:
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            repo_params.override("data", datasets={**base, "mine": spec})
+    with pytest.raises(ConfigError, match=re.escape("data.datasets.boolq.source")):
+        repo_params.override("data", datasets={**base, "boolq": {"sample": 5, "source": "x.jsonl"}})
+    with pytest.raises(ConfigError, match=re.escape("data.datasets.My-Data")):
+        repo_params.override("data", datasets={**base, "My-Data": {"sample": 5, "source": "x.jsonl",
+                                                                    "answer_type": "span"}})

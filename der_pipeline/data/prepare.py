@@ -14,7 +14,7 @@ from pathlib import Path
 
 from der_pipeline.artifacts import prepared_path
 from der_pipeline.config import Params
-from der_pipeline.data.sources import read_records
+from der_pipeline.data.sources import read_custom, read_records
 from der_pipeline.io import write_rows
 from der_pipeline.schemas import PREPARED
 
@@ -108,17 +108,77 @@ def xsum_row(rec: dict, p: Params) -> dict:
                 reference=" ".join(rec["summary"].split()), answer_type="summary", aliases=[])
 
 
+def sst2_row(rec: dict, p: Params) -> dict:
+    """GLUE's tokenised sentence as it is (the form every SST-2 result is reported on); label 1 is positive."""
+    return dict(qid=f"sst2-{rec['idx']}", question="Is the sentiment of this movie review positive or negative?",
+                context=" ".join(rec["sentence"].split()), reference="positive" if rec["label"] == 1 else "negative",
+                answer_type="sentiment", aliases=[])
+
+
+def trim_around(text: str, start: int, end: int, max_chars: int) -> str:
+    """Whole sentences under ``max_chars`` that always include the characters [start, end) (the gold answer):
+    the sentences holding it, then neighbours after and before it in turn while they fit."""
+    if len(" ".join(text.split())) <= max_chars:
+        return " ".join(text.split())
+    spans, pos = [], 0
+    for m in _SENT_END.finditer(text):
+        spans.append((pos, m.start()))
+        pos = m.end()
+    spans.append((pos, len(text)))
+    first = next(i for i, (a, b) in enumerate(spans) if b > start or i == len(spans) - 1)
+    last = next(i for i, (a, b) in enumerate(spans) if b >= end or i == len(spans) - 1)
+    lo, hi = first, last
+
+    def size(a: int, b: int) -> int:
+        return sum(len(" ".join(text[x:y].split())) + 1 for x, y in spans[a:b + 1])
+
+    grew = True
+    while grew:
+        grew = False
+        if hi + 1 < len(spans) and size(lo, hi + 1) <= max_chars:
+            hi, grew = hi + 1, True
+        if lo > 0 and size(lo - 1, hi) <= max_chars:
+            lo, grew = lo - 1, True
+    return " ".join(" ".join(text[a:b].split()) for a, b in spans[lo:hi + 1])
+
+
+def squad_row(rec: dict, p: Params) -> dict:
+    """The title and the paragraph, trimmed around the first gold answer; every distinct gold answer is kept
+    (the official SQuAD metric takes the best over them)."""
+    title = rec["title"].replace("_", " ")
+    budget = p.data.max_context_chars - len(title) - 2
+    first, start = rec["answers"][0], rec["answer_starts"][0]
+    para = trim_around(rec["context"], start, start + len(first), budget)
+    golds = list(dict.fromkeys(a.strip() for a in rec["answers"]))
+    return dict(qid=f"squad-{rec['id']}", question=_question(rec["question"]), context=f"{title}: {para}",
+                reference=golds[0], answer_type="span", aliases=golds[1:])
+
+
+ROWS = {"boolq": lambda rec, p, n: boolq_row(rec, p), "hotpotqa": lambda rec, p, n: hotpot_row(rec, p),
+        "gsm8k": gsm8k_row, "xsum": lambda rec, p, n: xsum_row(rec, p), "sst2": lambda rec, p, n: sst2_row(rec, p),
+        "squad": lambda rec, p, n: squad_row(rec, p)}
+
+
+def custom_row(rec: dict, p: Params, lineno: int, dataset: str, answer_type: str) -> dict:
+    ref = rec["reference"].strip()
+    if answer_type in ("yes_no", "sentiment"):
+        ref = ref.lower()
+    question = _question(rec["question"]) if answer_type in ("yes_no", "span") else " ".join(rec["question"].split())
+    return dict(qid=f"{dataset}-{rec.get('id', lineno)}", question=question,
+                context=trim_sentences(rec.get("context", ""), p.data.max_context_chars), reference=ref,
+                answer_type=answer_type, aliases=[a.strip() for a in rec.get("aliases", [])])
+
+
 def canonical_rows(dataset: str, p: Params) -> list[dict]:
     rows = []
-    for lineno, rec in read_records(p.path("source_data"), dataset):
-        if dataset == "boolq":
-            row = boolq_row(rec, p)
-        elif dataset == "hotpotqa":
-            row = hotpot_row(rec, p)
-        elif dataset == "gsm8k":
-            row = gsm8k_row(rec, p, lineno)
-        else:
-            row = xsum_row(rec, p)
+    if dataset in ROWS:
+        records = ((lineno, ROWS[dataset](rec, p, lineno)) for lineno, rec in read_records(p.path("source_data"), dataset))
+    else:
+        spec = p.data.datasets[dataset]
+        path = Path(spec.source) if Path(spec.source).is_absolute() else p.root / spec.source
+        records = ((lineno, custom_row(rec, p, lineno, dataset, spec.answer_type))
+                   for lineno, rec in read_custom(path, spec.answer_type))
+    for _, row in records:
         row["dataset"] = dataset
         rows.append(row)
     return rows
@@ -139,13 +199,14 @@ def prepare_dataset(dataset: str, p: Params) -> Path:
     return write_rows(rows, prepared_path(p, dataset), PREPARED)
 
 
-def prepare(p: Params) -> dict[str, Path]:
+def prepare(p: Params, datasets: list[str] | None = None) -> dict[str, Path]:
+    """Every active dataset (or only ``datasets``); a full run also removes the tables of datasets switched off."""
     out = {}
     folder = p.path("data") / "prepared"
-    for name in p.data.active():
+    for name in datasets or p.data.active():
         out[name] = prepare_dataset(name, p)
     # a dataset switched off leaves no stale table behind
-    if folder.exists():
+    if datasets is None and folder.exists():
         for stale in folder.glob("*.parquet"):
             if stale.stem not in out:
                 stale.unlink()

@@ -30,11 +30,79 @@ SOURCES: dict[str, SourceFile] = {
                            {"_id": str, "question": str, "answer": str, "supporting_facts": list, "context": list}),
     "gsm8k": SourceFile("gsm8k", "gsm8k/test.jsonl", {"question": str, "answer": str}),
     "xsum": SourceFile("xsum", "xsum/test.jsonl", {"id": (str, int), "document": str, "summary": str}),
+    "sst2": SourceFile("sst2", "sst2/dev.jsonl", {"idx": int, "sentence": str, "label": int}),
+    "squad": SourceFile("squad", "squad/dev.jsonl",
+                        {"id": str, "title": str, "context": str, "question": str, "answers": list,
+                         "answer_starts": list}),
 }
 
 
 # The answer type each dataset's prepared queries carry (prompts and metrics follow it).
-ANSWER_TYPE = {"boolq": "yes_no", "hotpotqa": "span", "gsm8k": "number", "xsum": "summary"}
+ANSWER_TYPE = {"boolq": "yes_no", "hotpotqa": "span", "gsm8k": "number", "xsum": "summary", "sst2": "sentiment",
+               "squad": "span"}
+
+
+def answer_type_of(p, dataset: str) -> str:
+    """The answer type of a built-in benchmark, or the one params.yaml declares for a custom dataset."""
+    if dataset in ANSWER_TYPE:
+        return ANSWER_TYPE[dataset]
+    spec = p.data.datasets.get(dataset)
+    if spec is None or spec.answer_type is None:
+        raise ValueError(f"dataset {dataset!r} is neither built in ({sorted(ANSWER_TYPE)}) nor declared under "
+                         f"data.datasets in params.yaml")
+    return spec.answer_type
+
+
+# What a custom dataset's reference must look like, per answer type (checked on read).
+CUSTOM_REFERENCE = {"yes_no": ("yes", "no"), "sentiment": ("positive", "negative")}
+
+
+def read_custom(path: Path, answer_type: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) of a custom JSON-lines dataset: ``question`` and ``reference`` (non-empty
+    strings), optional ``context`` (string), ``aliases`` (list of strings) and ``id`` (string or integer, unique;
+    the line number otherwise). A yes/no or sentiment reference must be one of its labels, a number a number."""
+    if not path.exists():
+        raise SourceError(f"custom dataset file not found: {path.resolve()} (data.datasets.<name>.source, "
+                          f"relative to params.yaml)")
+    allowed = {"id", "question", "context", "reference", "aliases"}
+    ids: dict[str, int] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise SourceError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            extra = sorted(set(rec) - allowed)
+            if extra:
+                raise SourceError(f"{path}:{lineno}: unknown field '{extra[0]}'; allowed: {sorted(allowed)}")
+            for name in ("question", "reference"):
+                if not isinstance(rec.get(name), str) or not rec[name].strip():
+                    raise SourceError(f"{path}:{lineno}: field '{name}' must be a non-empty string")
+            if not isinstance(rec.get("context", ""), str):
+                raise SourceError(f"{path}:{lineno}: field 'context' must be a string")
+            aliases = rec.get("aliases", [])
+            if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+                raise SourceError(f"{path}:{lineno}: field 'aliases' must be a list of non-empty strings")
+            ref = rec["reference"].strip().lower()
+            if answer_type in CUSTOM_REFERENCE and ref not in CUSTOM_REFERENCE[answer_type]:
+                raise SourceError(f"{path}:{lineno}: field 'reference' is {rec['reference']!r}; a {answer_type} "
+                                  f"answer is one of {list(CUSTOM_REFERENCE[answer_type])}")
+            if answer_type == "number":
+                try:
+                    float(rec["reference"].replace(",", ""))
+                except ValueError:
+                    raise SourceError(f"{path}:{lineno}: field 'reference' is {rec['reference']!r}, not a number") from None
+            rid = rec.get("id", lineno)
+            if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+                raise SourceError(f"{path}:{lineno}: field 'id' must be a non-empty string or an integer")
+            if str(rid) in ids:
+                raise SourceError(f"{path}:{lineno}: id {rid!r} already used on line {ids[str(rid)]}")
+            ids[str(rid)] = lineno
+            yield lineno, rec
 
 
 def source_path(source_dir: Path, dataset: str) -> Path:
@@ -76,6 +144,10 @@ def read_records(source_dir: Path, dataset: str) -> Iterator[tuple[int, dict[str
                 _check_hotpot(rec, path, lineno)
             if dataset == "gsm8k" and "####" not in rec["answer"]:
                 raise SourceError(f"{path}:{lineno}: field 'answer' has no '#### <number>' final answer")
+            if dataset == "sst2" and rec["label"] not in (0, 1):
+                raise SourceError(f"{path}:{lineno}: field 'label' is {rec['label']}, expected 0 (negative) or 1 (positive)")
+            if dataset == "squad":
+                _check_squad(rec, path, lineno)
             yield lineno, rec
 
 
@@ -88,6 +160,17 @@ def _check_hotpot(rec: dict, path: Path, lineno: int) -> None:
     for i, fact in enumerate(rec["supporting_facts"]):
         if not (isinstance(fact, list) and len(fact) == 2 and isinstance(fact[0], str) and isinstance(fact[1], int)):
             raise SourceError(f"{path}:{lineno}: field 'supporting_facts[{i}]' must be [title, sentence index]")
+
+
+def _check_squad(rec: dict, path: Path, lineno: int) -> None:
+    answers, starts = rec["answers"], rec["answer_starts"]
+    if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise SourceError(f"{path}:{lineno}: field 'answers' must be a non-empty list of non-empty strings")
+    if len(starts) != len(answers) or not all(isinstance(s, int) and not isinstance(s, bool) for s in starts):
+        raise SourceError(f"{path}:{lineno}: field 'answer_starts' must hold one integer offset per answer")
+    for a, s in zip(answers, starts):
+        if rec["context"][s:s + len(a)] != a:
+            raise SourceError(f"{path}:{lineno}: answer {a!r} is not at offset {s} of 'context'")
 
 
 def _tname(tp: type | tuple[type, ...]) -> str:

@@ -15,7 +15,7 @@ import io
 import numpy as np
 
 from der_pipeline.config import Params
-from der_pipeline.data.sources import ANSWER_TYPE
+from der_pipeline.data.sources import answer_type_of
 from der_pipeline.signals.metrics import TASK_METRIC
 from der_pipeline.artifacts import results_dir
 from der_pipeline.evaluate.common import der_policies, load_split, with_reward
@@ -88,7 +88,7 @@ def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
     for name, v in fixed.items():
         methods[name] = {**_rounded(metrics_of([v["point"]])), "points": [[round(x, 4) for x in v["point"]]],
                          "bound": v["bound"]}
-    out = {"dataset": dataset, "metric": METRIC_LABEL[TASK_METRIC[ANSWER_TYPE[dataset]]], "test_queries": test.n_queries,
+    out = {"dataset": dataset, "metric": METRIC_LABEL[TASK_METRIC[answer_type_of(p, dataset)]], "test_queries": test.n_queries,
            "alpha_sweep": p.evaluate.alpha_sweep, "seeds": p.seeds, "c_max": round(c_max, 4),
            "weak": weak_name, "strong": strong_name,
            "round_robin_order": p.evaluate.round_robin_order, "methods": methods}

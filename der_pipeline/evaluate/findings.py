@@ -129,11 +129,12 @@ def dataset_findings(out: dict, ablations: dict | None = None, frontier: dict | 
            for mid in ("mlp", "knn") if mid in comp]
     if sup:
         lines.append("DER is " + ", and ".join(sup) + ".")
-    stop_right = der.get("stop_if_right")
+    stop_right, again_wrong = der.get("stop_if_right"), der.get("refine_if_wrong")
+    when = [f"it stops on {stop_right:.0%} of its right first answers"] if stop_right is not None else []
+    when += [f"makes a second call on {again_wrong:.0%} of its wrong ones"] if again_wrong is not None else []
     lines.append(f"STOP: DER refines {der['refine_rate']:.0%} of the test queries and escalates "
                  f"{der.get('escalate_rate', 0.0):.0%} to a fresh answer"
-                 + (f"; it stops on {stop_right:.0%} of its right first answers and makes a second call on "
-                    f"{der['refine_if_wrong']:.0%} of its wrong ones." if stop_right is not None else "."))
+                 + ("; " + " and ".join(when) + "." if when else "."))  # either is n/a without such answers
     oracle = m.get("oracle")
     if oracle:
         lines.append(f"The oracle reaches {oracle['accuracy']:.3f}: {oracle['accuracy'] - der['accuracy']:+.3f} over "

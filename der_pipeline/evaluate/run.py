@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from der_pipeline.artifacts import load_train_summary, results_dir
 from der_pipeline.config import Params
-from der_pipeline.data.sources import ANSWER_TYPE
+from der_pipeline.data.sources import answer_type_of
 from der_pipeline.evaluate.common import load_split, public, saved_policies, summarize
 from der_pipeline.evaluate.names import expert_of, method_label
 from der_pipeline.evaluate.stats import auroc, paired_bootstrap
@@ -47,13 +47,13 @@ def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
     comparisons = []
     for other, why in (("round_robin", ""), (best_single, "the best single expert on the test split"),
                        ("best_fixed", "the best constant path on the train split"),
-                       ("cascade", "the confidence cascade"),
-                       ("mlp", "the supervised MLP router"), ("knn", "the supervised kNN router")):
+                       ("cascade", "fitted on the train split"),
+                       ("mlp", ""), ("knn", "")):
         test_ = paired_bootstrap(methods["der"]["_per_query"], methods[other]["_per_query"],
                                  p.evaluate.bootstrap, p.data.seed)
         comparisons.append({"a": "der", "b": other, "b_is": why, **{k: round(v, 4) if isinstance(v, float) else v
                                                                     for k, v in test_.items()}})
-    out = {"dataset": dataset, "metric": TASK_METRIC[ANSWER_TYPE[dataset]], "split": "test",
+    out = {"dataset": dataset, "metric": TASK_METRIC[answer_type_of(p, dataset)], "split": "test",
            "test_queries": test.n_queries, "train_queries": train.n_queries, "data_seed": p.data.seed,
            "seeds": p.seeds, "experts": train.experts, "cost_scale_gflops": round(split.scale, 3),
            "round_robin_order": p.evaluate.round_robin_order,

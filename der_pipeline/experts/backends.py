@@ -100,7 +100,7 @@ class LlamaCppBackend(Backend):
             usage = out["usage"]
             latency = time.perf_counter() - t0
             # the prompt is still in the cache: the answer's own probabilities cost one short batch
-            conf = confidence_after(llm, int(usage["prompt_tokens"]), text.strip(), p.kind, p.answer_type == "yes_no")
+            conf = confidence_after(llm, int(usage["prompt_tokens"]), text.strip(), p.kind, p.answer_type)
             yield Completion(text=text.strip(), prompt_tokens=int(usage["prompt_tokens"]),
                              completion_tokens=int(usage["completion_tokens"]), latency_s=latency,
                              finish_reason=str(out["choices"][0].get("finish_reason") or "stop"), confidence=conf)
@@ -108,7 +108,7 @@ class LlamaCppBackend(Backend):
     def score(self, expert: ExpertSpec, prompts: list[Prompt], answers: list[str]) -> Iterator[AnswerConfidence]:
         llm = self.model(expert)
         for p, answer in zip(prompts, answers):
-            yield answer_confidence(llm, p, answer, p.answer_type == "yes_no", self.cfg.seed)
+            yield answer_confidence(llm, p, answer, self.cfg.seed)
 
     def close(self) -> None:
         for m in self._models.values():

@@ -7,8 +7,9 @@ distribution before a_k (softmax of the raw logits, temperature 1):
     mean_logprob  = (1/n) Σ_k log p_k(a_k)          length-normalised likelihood of the whole answer
     min_logprob   = min_k log p_k(a_k)              its least likely token (one shaky word)
     answer_tokens = n
-    yes_prob      = Y / (Y + N)  at position 1      yes/no answers only: Y and N the mass of the tokens
-                                                   that spell yes / no (any case, with or without a space)
+    yes_prob      = Y / (Y + N)  at position 1      two-label answers only (LABEL_WORDS): Y and N the mass of
+                                                   the tokens that spell the first / second label, any case,
+                                                   with or without a space (yes / no; positive / negative)
 
 These are the signals of FrugalGPT/AutoMix-style cascades and of the DER state's
 conf(A). An empty answer has n = 0: its mean and min are undefined (None) and
@@ -28,8 +29,8 @@ import numpy as np
 
 from der_pipeline.experts.prompts import Prompt
 
-YES_WORDS = ("yes",)
-NO_WORDS = ("no",)
+# The two labels of an answer type with two answers: yes_prob is the first one's share of their mass.
+LABEL_WORDS = {"yes_no": (("yes",), ("no",)), "sentiment": (("positive",), ("negative",))}
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def eval_with_logits(llm, tokens: list[int]) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def confidence_after(llm, n_prompt: int, answer: str, kind: str, yes_no: bool) -> AnswerConfidence:
+def confidence_after(llm, n_prompt: int, answer: str, kind: str, answer_type: str) -> AnswerConfidence:
     """The confidence of ``answer`` given the prompt whose ``n_prompt`` tokens are the first in the model's
     cache (as right after a generation): the last prompt token and the answer are evaluated again."""
     if n_prompt < 1:
@@ -116,25 +117,27 @@ def confidence_after(llm, n_prompt: int, answer: str, kind: str, yes_no: bool) -
     answer_ids = answer_ids[: max(0, llm.n_ctx() - n_prompt - 1)]
     llm.n_tokens = n_prompt - 1
     logits = eval_with_logits(llm, [prompt_last, *answer_ids])
-    yes, no = (_yes_no_ids(llm) if yes_no else (None, None))
+    yes, no = _label_ids(llm, answer_type) if answer_type in LABEL_WORDS else (None, None)
     return features(logits[: max(1, len(answer_ids))], answer_ids, yes, no)
 
 
-def answer_confidence(llm, prompt: Prompt, answer: str, yes_no: bool, seed: int) -> AnswerConfidence:
+def answer_confidence(llm, prompt: Prompt, answer: str, seed: int) -> AnswerConfidence:
     """Score a stored answer: the prompt is evaluated as generation sent it (one token sampled at temperature
     0, which renders the chat template identically and caches the prompt), then the answer's tokens."""
     if prompt.kind == "chat":
         out = llm.create_chat_completion(messages=list(prompt.messages), max_tokens=1, temperature=0.0, seed=seed)
     else:
         out = llm.create_completion(prompt=prompt.text, max_tokens=1, temperature=0.0, seed=seed)
-    return confidence_after(llm, int(out["usage"]["prompt_tokens"]), answer, prompt.kind, yes_no)
+    return confidence_after(llm, int(out["usage"]["prompt_tokens"]), answer, prompt.kind, prompt.answer_type)
 
 
-def _yes_no_ids(llm) -> tuple[set[int], set[int]]:
-    """The model's yes / no token ids, computed once per loaded model and kept on it (not keyed by id(),
-    which a later model could reuse)."""
-    ids = getattr(llm, "_der_yes_no_ids", None)
-    if ids is None:
-        ids = (word_token_ids(llm, YES_WORDS), word_token_ids(llm, NO_WORDS))
-        llm._der_yes_no_ids = ids
-    return ids
+def _label_ids(llm, answer_type: str) -> tuple[set[int], set[int]]:
+    """The model's token ids of the answer type's two labels, computed once per loaded model and kept on it
+    (not keyed by id(), which a later model could reuse)."""
+    cache = getattr(llm, "_der_label_ids", None)
+    if cache is None:
+        cache = llm._der_label_ids = {}
+    if answer_type not in cache:
+        first, second = LABEL_WORDS[answer_type]
+        cache[answer_type] = (word_token_ids(llm, first), word_token_ids(llm, second))
+    return cache[answer_type]

@@ -20,6 +20,8 @@ INSTRUCTIONS = {
             "(a name, date, number or a few words), not a full sentence. Reply in the form 'Answer: <short answer>'.",
     "number": "Solve the math problem step by step, briefly. End with a final line 'Answer: <number>'.",
     "summary": "Summarise the article in one sentence.",
+    "sentiment": "Read the movie review and say whether its sentiment is positive or negative. "
+                 "Start your reply with 'Positive' or 'Negative', then give one short reason.",
 }
 
 FORMAT_REMINDERS = {
@@ -27,6 +29,7 @@ FORMAT_REMINDERS = {
     "span": "Reply in the form 'Answer: <short answer>'.",
     "number": "Solve it step by step, briefly, and end with a final line 'Answer: <number>'.",
     "summary": "Write your summary as one sentence.",
+    "sentiment": "Start your reply with 'Positive' or 'Negative', then give one short reason.",
 }
 
 KTP_GUIDANCE = (
@@ -35,7 +38,7 @@ KTP_GUIDANCE = (
     "your own. Do not mention the other student."
 )
 
-CONTEXT_LABELS = {"yes_no": "Passage", "span": "Paragraphs", "number": "", "summary": "Article"}
+CONTEXT_LABELS = {"yes_no": "Passage", "span": "Paragraphs", "number": "", "summary": "Article", "sentiment": "Review"}
 
 # Few-shot examples for base (completion) models: (context, question, answer, a student answer for the KTP)
 FEW_SHOT = {
@@ -61,9 +64,15 @@ FEW_SHOT = {
          "Summarise the article in one sentence.", "A new park costing 2 million pounds was approved by the city council.",
          "The council met on Monday."),
     ],
+    "sentiment": [
+        ("a warm , funny and beautifully acted film .", "Is the sentiment of this movie review positive or negative?",
+         "positive", "negative"),
+        ("the plot is thin and the jokes fall flat .", "Is the sentiment of this movie review positive or negative?",
+         "negative", "negative"),
+    ],
 }
 
-STOPS = {"yes_no": ["\n"], "span": ["\n"], "number": ["\n\n", "Question:"], "summary": ["\n"]}
+STOPS = {"yes_no": ["\n"], "span": ["\n"], "number": ["\n\n", "Question:"], "summary": ["\n"], "sentiment": ["\n"]}
 
 
 @dataclass(frozen=True)

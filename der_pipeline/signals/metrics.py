@@ -2,9 +2,12 @@
 
 - yes/no (BoolQ): the first of yes / no / true / false in the text decides;
   an answer that commits to neither is wrong.
-- span (HotpotQA): exact match and token F1 with the official normalisation
+- sentiment (SST-2): the first of positive / negative in the text decides; accuracy.
+- span (HotpotQA, SQuAD): exact match and token F1 with the official normalisation
   (lowercase, strip punctuation and the articles a/an/the, collapse spaces),
-  the best over the reference and its aliases.
+  the best over the reference and its aliases (SQuAD: every gold answer).
+  HotpotQA's official F1 gives 0 when either side is yes / no / noanswer and
+  they differ; SQuAD v1.1's official script has no such rule (``span_rule``).
 - number (GSM8K): the final number (after 'Answer:' / '####' / 'answer is' if
   present, else the last number), commas, currency and units dropped, compared
   numerically.
@@ -17,7 +20,9 @@ import string
 from collections import Counter
 from dataclasses import dataclass
 
-TASK_METRIC = {"yes_no": "accuracy", "span": "f1", "number": "numeric_match", "summary": "rougeL"}
+TASK_METRIC = {"yes_no": "accuracy", "span": "f1", "number": "numeric_match", "summary": "rougeL",
+               "sentiment": "accuracy"}
+SPAN_RULE = {"hotpotqa": "hotpotqa", "squad": "squad"}  # which official F1 a span dataset uses
 
 _YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
 _ANSWER_TAG = re.compile(r"(?:final answer|answer|####|answer is)\s*[:：]?\s*", re.IGNORECASE)
@@ -31,6 +36,15 @@ def parse_yes_no(text: str) -> str:
         return ""
     word = m.group(1).lower()
     return "yes" if word in ("yes", "true") else "no"
+
+
+_SENTIMENT = re.compile(r"\b(positive|negative)\b", re.IGNORECASE)
+
+
+def parse_sentiment(text: str) -> str:
+    """'positive', 'negative', or '' when the text names neither."""
+    m = _SENTIMENT.search(text)
+    return m.group(1).lower() if m else ""
 
 
 def parse_span(text: str) -> str:
@@ -77,11 +91,11 @@ def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def token_f1(prediction: str, gold: str) -> float:
-    """Official HotpotQA F1 (yes/no/noanswer must match exactly)."""
+def token_f1(prediction: str, gold: str, rule: str = "hotpotqa") -> float:
+    """Official token F1: HotpotQA's (yes/no/noanswer must match exactly) or SQuAD v1.1's (``rule="squad"``)."""
     p, g = normalize_answer(prediction), normalize_answer(gold)
     special = ("yes", "no", "noanswer")
-    if (p in special or g in special) and p != g:
+    if rule == "hotpotqa" and (p in special or g in special) and p != g:
         return 0.0
     pt, gt = p.split(), g.split()
     common = Counter(pt) & Counter(gt)
@@ -108,6 +122,8 @@ def parse_answer(text: str, answer_type: str) -> str:
     """The final answer a task metric reads from free text."""
     if answer_type == "yes_no":
         return parse_yes_no(text)
+    if answer_type == "sentiment":
+        return parse_sentiment(text)
     if answer_type == "span":
         return parse_span(text)
     if answer_type == "number":
@@ -123,16 +139,18 @@ class TaskScore:
     exact_match: float | None = None
 
 
-def score_answer(answer: str, reference: str, answer_type: str, aliases: list[str] | None = None) -> TaskScore:
+def score_answer(answer: str, reference: str, answer_type: str, aliases: list[str] | None = None,
+                 span_rule: str = "hotpotqa") -> TaskScore:
+    """The task score of one answer; ``span_rule`` picks the official F1 of a span dataset (SPAN_RULE)."""
     golds = [reference, *(aliases or [])]
     if answer_type not in TASK_METRIC:
         raise ValueError(f"unknown answer_type {answer_type!r}")
     metric = TASK_METRIC[answer_type]
     parsed = parse_answer(answer, answer_type)
-    if answer_type == "yes_no":
+    if answer_type in ("yes_no", "sentiment"):
         return TaskScore(parsed, metric, float(parsed != "" and parsed == reference.strip().lower()))
     if answer_type == "span":
-        return TaskScore(parsed, metric, max(token_f1(parsed, g) for g in golds),
+        return TaskScore(parsed, metric, max(token_f1(parsed, g, span_rule) for g in golds),
                          max(exact_match(parsed, g) for g in golds))
     if answer_type == "number":
         gold = _canon_number(reference)

@@ -18,7 +18,7 @@ from der_pipeline.config import Params
 from der_pipeline.experts.models import embedder_path
 from der_pipeline.io import write_table
 from der_pipeline.schemas import SCORES
-from der_pipeline.signals.metrics import score_answer
+from der_pipeline.signals.metrics import SPAN_RULE, score_answer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def score(p: Params, dataset: str) -> dict:
     rows = []
     for qid, path, answer in zip(tree["qid"].to_pylist(), tree["path"].to_pylist(), tree["answer"].to_pylist()):
         q = by_qid[qid]
-        s = score_answer(answer, q["reference"], q["answer_type"], q["aliases"])
+        s = score_answer(answer, q["reference"], q["answer_type"], q["aliases"], SPAN_RULE.get(dataset, "squad"))
         rows.append(dict(qid=qid, path=path, parsed_answer=s.parsed, task_metric=s.metric, task_score=s.score,
                          exact_match=s.exact_match))
     refs = [by_qid[r["qid"]]["reference"] for r in rows]

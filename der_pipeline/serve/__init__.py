@@ -1,0 +1,1 @@
+"""`der-pipeline serve`: the trained router behind an OpenAI-compatible HTTP API."""

@@ -1,0 +1,96 @@
+"""What the server serves, without HTTP: the model ids, and one chat request answered as a completion body.
+
+Model ids (after RouteLLM's server, where ``model`` names the router): ``der`` is the policy that
+``ask`` loads (models/<dataset>/seed-<first seed>), ``der:<alpha>`` a policy trained with that cost
+weight (the default one, and any given with ``--policy``), and an expert's name calls that expert
+directly, so a client can compare the router with each expert on the same question.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from der_pipeline.router.live import LiveRouter, Policy, Routed
+
+
+class UnknownModelError(LookupError):
+    def __init__(self, model: str, known: list[str]):
+        super().__init__(f"model {model!r} does not exist; this server has {known} (GET /v1/models)")
+
+
+@dataclass
+class Question:
+    question: str
+    context: str
+
+
+def alpha_id(alpha: float) -> str:
+    return f"der:{alpha:g}"
+
+
+class RouterService:
+    def __init__(self, live: LiveRouter, dataset: str, default: Policy, extra: list[Policy] = ()):
+        self.live, self.dataset, self.default = live, dataset, default
+        self.policies: dict[str, Policy] = {alpha_id(default.alpha): default}
+        for pol in extra:
+            key = alpha_id(pol.alpha)
+            if key in self.policies and self.policies[key].path != pol.path:
+                raise ValueError(f"two policies share alpha {pol.alpha:g}: {self.policies[key].path} and {pol.path}")
+            self.policies[key] = pol
+        self.created = int(time.time())
+
+    def model_ids(self) -> list[str]:
+        return ["der", *sorted(self.policies), *self.live.names]
+
+    def resolve(self, model: str) -> Policy | str:
+        """The policy, or the expert's name, that ``model`` asks for."""
+        if model == "der":
+            return self.default
+        if model.startswith("der:"):
+            try:
+                key = alpha_id(float(model[4:]))
+            except ValueError:
+                key = None
+            if key in self.policies:
+                return self.policies[key]
+        elif model in self.live.names:
+            return model
+        raise UnknownModelError(model, self.model_ids())
+
+    def answer(self, model: str, q: Question) -> Routed:
+        target = self.resolve(model)
+        if isinstance(target, str):
+            return self.live.direct(target, q.question, q.context)
+        return self.live.route(target, q.question, q.context)
+
+    def completion(self, model: str, routed: Routed, latency_s: float) -> dict:
+        """A standard chat.completion body, plus the ``der`` extension (the steps and the total cost)."""
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": routed.answer},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": usage(routed),
+            "der": self.extension(model, routed, latency_s),
+        }
+
+    def extension(self, model: str, routed: Routed, latency_s: float) -> dict:
+        target = self.resolve(model)
+        return {
+            "dataset": self.dataset, "answer_type": self.live.answer_type,
+            "policy": None if isinstance(target, str) else {"path": str(target.path), "alpha": target.alpha,
+                                                            "seed": target.seed, "state": target.state},
+            "path": routed.path, "stopped": routed.stopped, "parsed_answer": self.live.parse(routed.answer),
+            "context_trimmed_from": routed.context_trimmed_from,
+            "cost_gflops": round(routed.cost_gflops, 3), "latency_s": round(latency_s, 3),
+            "steps": [{"expert": s.expert, "action": s.action, "probabilities": s.probabilities, "answer": s.answer,
+                       "confidence": s.confidence, "prompt_tokens": s.prompt_tokens,
+                       "completion_tokens": s.completion_tokens, "latency_s": round(s.latency_s, 3),
+                       "cost_gflops": round(s.cost_gflops, 3)} for s in routed.steps],
+        }
+
+
+def usage(routed: Routed) -> dict:
+    return {"prompt_tokens": routed.prompt_tokens, "completion_tokens": routed.completion_tokens,
+            "total_tokens": routed.prompt_tokens + routed.completion_tokens}

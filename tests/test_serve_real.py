@@ -1,0 +1,158 @@
+"""`der-pipeline serve` as a subprocess on 127.0.0.1 with the real packaged experts and the committed
+BoolQ policy, driven by the official `openai` client: the committed tree's path and answer come back
+for a test question, streaming, four requests at once, and every bad request with its status."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2 as httpx
+import openai
+import pytest
+import yaml
+
+from der_pipeline.artifacts import load_tree
+from der_pipeline.evaluate.common import load_split, saved_policies
+from der_pipeline.router.methods import greedy_paths
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(params: Path, timeout=600):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "serve", "-d", "boolq", "--port", str(port),
+                             "--params", str(params)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    base = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    raise AssertionError("serve did not come up")
+
+
+def stop(proc) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+@pytest.fixture(scope="module")
+def tree_answers(repo_params):
+    """For every BoolQ test query: (question, context, the path the committed seed-1 policy takes in the
+    committed tree, the answer text that path ends on)."""
+    p = repo_params
+    split = load_split(p, "boolq")
+    router = saved_policies(p, split)[0]  # seed p.seeds[0], the one `ask` and `serve` load
+    idx = greedy_paths(router.agent, split.test, split.scale, p.reward, p.ppo.state)
+    names = split.test.path_names()
+    prepared, nodes = load_tree(p, "boolq")
+    text = dict(zip(zip(nodes["qid"].to_pylist(), nodes["path"].to_pylist()), nodes["answer"].to_pylist()))
+    queries = {r["qid"]: r for r in prepared.to_pylist()}
+    out = []
+    for qid, i in zip(split.test.qids, idx):
+        path = names[int(i)]
+        last_node = path.split(">fresh:")[1] if ">fresh:" in path else path
+        out.append((queries[qid]["question"], queries[qid]["context"], path, text[(qid, last_node)]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, base = start(REPO / "params.yaml")
+    yield openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600), base
+    log = stop(proc)
+    assert "POST /v1/chat/completions 200" in log and "path=" in log  # one line per request
+
+
+def ask(client, question, context, **kw):
+    return client.chat.completions.create(model="der", messages=[{"role": "user", "content": question}],
+                                          extra_body={"context": context}, **kw)
+
+
+def test_models_are_listed(server, repo_params):
+    ids = [m.id for m in server[0].models.list().data]
+    assert ids[0] == "der" and f"der:{repo_params.reward.alpha:g}" in ids
+    assert ids[-len(repo_params.experts):] == repo_params.expert_names()
+
+
+def test_a_test_question_takes_the_committed_trees_path(server, tree_answers):
+    client = server[0]
+    two_calls = [t for t in tree_answers if ">" in t[2]]
+    question, context, path, answer = (two_calls or tree_answers)[0]
+    r = ask(client, question, context)
+    der = r.model_extra["der"]
+    assert (der["path"], r.choices[0].message.content) == (path, answer)
+    assert r.usage.completion_tokens == sum(s["completion_tokens"] for s in der["steps"]) > 0
+    assert der["cost_gflops"] > 0 and der["steps"][0]["confidence"]["yes_prob"] is not None
+    streamed = list(ask(client, question, context, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer
+
+
+def test_four_requests_at_once_get_their_own_answers(server, tree_answers):
+    client = server[0]
+    chosen, seen = [], set()
+    for t in tree_answers:  # four test questions whose tree answers differ
+        if t[3] not in seen and ">" not in t[2]:
+            chosen.append(t)
+            seen.add(t[3])
+        if len(chosen) == 4:
+            break
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda t: ask(client, t[0], t[1]), chosen))
+    assert [(g.model_extra["der"]["path"], g.choices[0].message.content) for g in got] == [(t[2], t[3]) for t in chosen]
+
+
+def test_bad_requests_get_their_status_and_the_server_goes_on(server):
+    client, base = server
+    post = lambda body: httpx.post(f"{base}/v1/chat/completions", content=body,  # noqa: E731
+                                   headers={"Content-Type": "application/json"}, timeout=120)
+    assert post(b'{"model": "der", "messages": [').status_code == 400
+    assert "messages" in post(json.dumps({"model": "der"}).encode()).json()["error"]["message"]
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="llama-70b", messages=[{"role": "user", "content": "Is it?"}])
+    with pytest.raises(openai.BadRequestError, match="context window") as info:
+        ask(client, "Is this sentence repeated? " * 800, "")
+    assert info.value.code == "context_length_exceeded"
+    assert httpx.get(f"{base}/health").status_code == 200
+
+
+def test_an_unreachable_expert_gives_502_naming_it(tmp_path, repo_params):
+    """The experts behind the openai backend, at an address where nothing listens."""
+    cfg = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg["generation"]["backend"] = "openai"
+    cfg["generation"]["openai"].update(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
+    cfg["paths"] = {k: str((REPO / v).resolve()) for k, v in cfg["paths"].items()}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
+    proc, base = start(tmp_path / "params.yaml")
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+        first = repo_params.expert_names()[0]
+        with pytest.raises(openai.InternalServerError) as info:
+            client.chat.completions.create(model=first, messages=[{"role": "user", "content": "Is it?"}])
+        assert info.value.status_code == 502 and first in info.value.message and "cannot reach" in info.value.message
+        assert httpx.get(f"{base}/health").status_code == 200
+    finally:
+        stop(proc)
