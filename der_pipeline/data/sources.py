@@ -42,6 +42,22 @@ ANSWER_TYPE = {"boolq": "yes_no", "hotpotqa": "span", "gsm8k": "number", "xsum":
                "squad": "span"}
 
 
+def json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSON-lines file; a line that is not a JSON object
+    raises SourceError naming the file and the line."""
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise SourceError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            yield lineno, rec
+
+
 def answer_type_of(p, dataset: str) -> str:
     """The answer type of a built-in benchmark, or the one params.yaml declares for a custom dataset."""
     if dataset in ANSWER_TYPE:
@@ -66,43 +82,34 @@ def read_custom(path: Path, answer_type: str) -> Iterator[tuple[int, dict[str, A
                           f"relative to params.yaml)")
     allowed = {"id", "question", "context", "reference", "aliases"}
     ids: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    for lineno, rec in json_objects(path):
+        extra = sorted(set(rec) - allowed)
+        if extra:
+            raise SourceError(f"{path}:{lineno}: unknown field '{extra[0]}'; allowed: {sorted(allowed)}")
+        for name in ("question", "reference"):
+            if not isinstance(rec.get(name), str) or not rec[name].strip():
+                raise SourceError(f"{path}:{lineno}: field '{name}' must be a non-empty string")
+        if not isinstance(rec.get("context", ""), str):
+            raise SourceError(f"{path}:{lineno}: field 'context' must be a string")
+        aliases = rec.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+            raise SourceError(f"{path}:{lineno}: field 'aliases' must be a list of non-empty strings")
+        ref = rec["reference"].strip().lower()
+        if answer_type in CUSTOM_REFERENCE and ref not in CUSTOM_REFERENCE[answer_type]:
+            raise SourceError(f"{path}:{lineno}: field 'reference' is {rec['reference']!r}; a {answer_type} "
+                              f"answer is one of {list(CUSTOM_REFERENCE[answer_type])}")
+        if answer_type == "number":
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SourceError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise SourceError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            extra = sorted(set(rec) - allowed)
-            if extra:
-                raise SourceError(f"{path}:{lineno}: unknown field '{extra[0]}'; allowed: {sorted(allowed)}")
-            for name in ("question", "reference"):
-                if not isinstance(rec.get(name), str) or not rec[name].strip():
-                    raise SourceError(f"{path}:{lineno}: field '{name}' must be a non-empty string")
-            if not isinstance(rec.get("context", ""), str):
-                raise SourceError(f"{path}:{lineno}: field 'context' must be a string")
-            aliases = rec.get("aliases", [])
-            if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
-                raise SourceError(f"{path}:{lineno}: field 'aliases' must be a list of non-empty strings")
-            ref = rec["reference"].strip().lower()
-            if answer_type in CUSTOM_REFERENCE and ref not in CUSTOM_REFERENCE[answer_type]:
-                raise SourceError(f"{path}:{lineno}: field 'reference' is {rec['reference']!r}; a {answer_type} "
-                                  f"answer is one of {list(CUSTOM_REFERENCE[answer_type])}")
-            if answer_type == "number":
-                try:
-                    float(rec["reference"].replace(",", ""))
-                except ValueError:
-                    raise SourceError(f"{path}:{lineno}: field 'reference' is {rec['reference']!r}, not a number") from None
-            rid = rec.get("id", lineno)
-            if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
-                raise SourceError(f"{path}:{lineno}: field 'id' must be a non-empty string or an integer")
-            if str(rid) in ids:
-                raise SourceError(f"{path}:{lineno}: id {rid!r} already used on line {ids[str(rid)]}")
-            ids[str(rid)] = lineno
-            yield lineno, rec
+                float(rec["reference"].replace(",", ""))
+            except ValueError:
+                raise SourceError(f"{path}:{lineno}: field 'reference' is {rec['reference']!r}, not a number") from None
+        rid = rec.get("id", lineno)
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+            raise SourceError(f"{path}:{lineno}: field 'id' must be a non-empty string or an integer")
+        if str(rid) in ids:
+            raise SourceError(f"{path}:{lineno}: id {rid!r} already used on line {ids[str(rid)]}")
+        ids[str(rid)] = lineno
+        yield lineno, rec
 
 
 def source_path(source_dir: Path, dataset: str) -> Path:
@@ -122,33 +129,24 @@ def read_records(source_dir: Path, dataset: str) -> Iterator[tuple[int, dict[str
     """Yield (line number, record) for every validated record of ``dataset``."""
     spec = SOURCES[dataset]
     path = source_path(source_dir, dataset)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SourceError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise SourceError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            for name, tp in spec.required.items():
-                if name not in rec:
-                    raise SourceError(f"{path}:{lineno}: missing field '{name}'")
-                if not isinstance(rec[name], tp) or (tp is int and isinstance(rec[name], bool)):
-                    raise SourceError(f"{path}:{lineno}: field '{name}' has type "
-                                      f"{type(rec[name]).__name__}, expected {_tname(tp)}")
-                if isinstance(rec[name], str) and not rec[name].strip() and name != "title":
-                    raise SourceError(f"{path}:{lineno}: field '{name}' is empty")
-            if dataset == "hotpotqa":
-                _check_hotpot(rec, path, lineno)
-            if dataset == "gsm8k" and "####" not in rec["answer"]:
-                raise SourceError(f"{path}:{lineno}: field 'answer' has no '#### <number>' final answer")
-            if dataset == "sst2" and rec["label"] not in (0, 1):
-                raise SourceError(f"{path}:{lineno}: field 'label' is {rec['label']}, expected 0 (negative) or 1 (positive)")
-            if dataset == "squad":
-                _check_squad(rec, path, lineno)
-            yield lineno, rec
+    for lineno, rec in json_objects(path):
+        for name, tp in spec.required.items():
+            if name not in rec:
+                raise SourceError(f"{path}:{lineno}: missing field '{name}'")
+            if not isinstance(rec[name], tp) or (tp is int and isinstance(rec[name], bool)):
+                raise SourceError(f"{path}:{lineno}: field '{name}' has type "
+                                  f"{type(rec[name]).__name__}, expected {_tname(tp)}")
+            if isinstance(rec[name], str) and not rec[name].strip() and name != "title":
+                raise SourceError(f"{path}:{lineno}: field '{name}' is empty")
+        if dataset == "hotpotqa":
+            _check_hotpot(rec, path, lineno)
+        if dataset == "gsm8k" and "####" not in rec["answer"]:
+            raise SourceError(f"{path}:{lineno}: field 'answer' has no '#### <number>' final answer")
+        if dataset == "sst2" and rec["label"] not in (0, 1):
+            raise SourceError(f"{path}:{lineno}: field 'label' is {rec['label']}, expected 0 (negative) or 1 (positive)")
+        if dataset == "squad":
+            _check_squad(rec, path, lineno)
+        yield lineno, rec
 
 
 def _check_hotpot(rec: dict, path: Path, lineno: int) -> None:
