@@ -184,9 +184,10 @@ def test_curves_ablations_and_cross_task_outputs(project):
         assert all(np.isfinite(r["val_utility"]) for r in t["rows"])
     assert sum(r["is_default"] for r in a["tables"]["signal"]) == 1
     c = json.loads((project / "results" / "cross_task" / "metrics.json").read_text())
-    assert c["datasets"] == ["boolq", "hotpotqa"]
+    pooled = load_params(project / "params.yaml").evaluate.cross_task
+    assert c["datasets"] == pooled and {"boolq", "hotpotqa", "sst2"} <= set(pooled)
     mixed = c["methods"]["der_cross_task"]
-    assert set(mixed) == {"boolq", "hotpotqa", "all"} and mixed["boolq"]["seeds"] == 2
+    assert set(mixed) == {*pooled, "all"} and mixed["boolq"]["seeds"] == 2
     assert abs(sum(mixed["hotpotqa"]["first_expert_share"]) - 1.0) < 1e-2
 
 
