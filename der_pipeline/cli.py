@@ -94,19 +94,38 @@ def prepare(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt)
 @app.command()
 def generate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
              limit: Optional[int] = typer.Option(None, help="only the first N prepared queries of each dataset"),
-             backend: Optional[str] = typer.Option(None, help="override generation.backend: llamacpp | openai | vllm"),
+             backend: Optional[str] = typer.Option(
+                 None, help="override generation.backend: llamacpp | llamaserver | openai | vllm"),
+             ray: bool = typer.Option(False, "--ray", help="spread chunks of queries over Ray actors "
+                                      "(generation.ray: a local cluster, or the one at its address)"),
+             workers: Optional[int] = typer.Option(None, help="with --ray: override generation.ray.workers"),
+             address: Optional[str] = typer.Option(None, help="with --ray: override generation.ray.address "
+                                                   "('auto' joins the cluster `ray start --head` started here)"),
              progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Run every expert path up to 2 hops (N answers, N x N KTP refinements) into data/tree/.
 
     Resumable: a rerun skips every node already stored under its current key (the rendered prompt,
     decoding settings, model and backend) and makes again any node made under other settings. An
-    unreadable shard is moved aside as .corrupt and its nodes are made again."""
-    from der_pipeline.generate.run import generate as run
+    unreadable shard is moved aside as .corrupt and its nodes are made again. Each node records the
+    engine that made it; nodes of another engine are never reused (they are made again).
 
+    Engines (README, "Engines"): in-process llama.cpp (default); `--backend llamaserver` (llama.cpp's
+    server with parallel slots); `--backend vllm` (GPU, or vLLM's CPU build in .venv-vllm); `--ray`
+    runs any of them on several workers, here or across a cluster."""
     p = _load(params)
     try:
         p = p.override("generation", backend=backend)
-        stats = run(p, _datasets(p, dataset), limit=limit, progress=progress)
+        if workers is not None or address is not None:
+            given = {"workers": workers, "address": address}
+            p = p.override("generation", ray={k: v for k, v in given.items() if v is not None})
+        if ray:
+            from der_pipeline.generate.distributed import generate_on_ray as run_ray
+
+            stats = run_ray(p, _datasets(p, dataset), limit=limit, progress=progress)
+        else:
+            from der_pipeline.generate.run import generate as run
+
+            stats = run(p, _datasets(p, dataset), limit=limit, progress=progress)
     except _user_errors() as exc:
         _fail(exc)
     except KeyboardInterrupt:

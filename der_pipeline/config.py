@@ -102,26 +102,58 @@ class OpenAIConfig:
     api_key: str
     timeout_s: float
     max_retries: int  # the openai client's retries (exponential backoff) on 408/409/429/5xx and dropped connections
+    concurrency: int  # requests in flight at once (a server with parallel slots decodes them in one batch)
+    top_logprobs: int  # alternatives asked per token for the confidence features (0: ask for no logprobs)
 
     def validate(self, key: str) -> None:
         _check(self.base_url.startswith(("http://", "https://")), f"{key}.base_url", "an http(s):// URL")
         _check(self.timeout_s > 0, f"{key}.timeout_s", "a number of seconds > 0")
         _check(self.max_retries >= 0, f"{key}.max_retries", "an integer >= 0")
+        _check(self.concurrency >= 1, f"{key}.concurrency", "an integer >= 1")
+        _check(0 <= self.top_logprobs <= 20, f"{key}.top_logprobs", "an integer from 0 to 20")
+
+
+@dataclass(frozen=True)
+class LlamaServerConfig:
+    binary: str  # llama.cpp's llama-server (scripts/build-llama-server.sh builds it into .engines/bin/)
+    slots: int  # parallel slots (-np): sequences decoded together by continuous batching
+    start_timeout_s: float
+    top_logprobs: int  # alternatives per token for the confidence features
+
+    def validate(self, key: str) -> None:
+        _check(bool(self.binary), f"{key}.binary", "the path of a llama-server executable")
+        _check(self.slots >= 1, f"{key}.slots", "an integer >= 1")
+        _check(self.start_timeout_s > 0, f"{key}.start_timeout_s", "a number of seconds > 0")
+        _check(1 <= self.top_logprobs <= 20, f"{key}.top_logprobs", "an integer from 1 to 20")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str  # "" starts a local cluster of `workers` CPUs; "auto" or "ray://host:10001" joins a running one
+    workers: int  # actors, each loading the pool once and generating whole chunks of queries
+    threads_per_worker: int  # llama.cpp threads (and Ray CPUs) per worker
+
+    def validate(self, key: str) -> None:
+        _check(self.workers >= 1, f"{key}.workers", "an integer >= 1")
+        _check(self.threads_per_worker >= 1, f"{key}.threads_per_worker", "an integer >= 1")
 
 
 @dataclass(frozen=True)
 class VLLMConfig:
+    device: Literal["auto", "cuda", "cpu"]  # auto: a CUDA GPU if one is visible, else vLLM's CPU build
     gpu_memory_utilization: float
     max_model_len: int
+    cpu_kv_cache_gib: int  # VLLM_CPU_KVCACHE_SPACE on the CPU build
 
     def validate(self, key: str) -> None:
         _check(0.0 < self.gpu_memory_utilization <= 1.0, f"{key}.gpu_memory_utilization", "a number in (0, 1]")
         _check(self.max_model_len >= 256, f"{key}.max_model_len", "an integer >= 256")
+        _check(self.cpu_kv_cache_gib >= 1, f"{key}.cpu_kv_cache_gib", "an integer >= 1 (GiB)")
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    backend: Literal["llamacpp", "openai", "vllm"]
+    backend: Literal["llamacpp", "llamaserver", "openai", "vllm"]
     temperature: float
     seed: int
     n_ctx: int
@@ -129,7 +161,9 @@ class GenerationConfig:
     chunk_queries: int
     max_tokens: dict[str, int]
     openai: OpenAIConfig
+    llamaserver: LlamaServerConfig
     vllm: VLLMConfig
+    ray: RayConfig
 
     def validate(self, key: str) -> None:
         _check(self.temperature >= 0, f"{key}.temperature", "a number >= 0")
@@ -137,7 +171,9 @@ class GenerationConfig:
         _check(self.n_threads >= 1, f"{key}.n_threads", "an integer >= 1")
         _check(self.chunk_queries >= 1, f"{key}.chunk_queries", "an integer >= 1")
         self.openai.validate(f"{key}.openai")
+        self.llamaserver.validate(f"{key}.llamaserver")
         self.vllm.validate(f"{key}.vllm")
+        self.ray.validate(f"{key}.ray")
         for t in ANSWER_TYPES:
             _check(t in self.max_tokens, f"{key}.max_tokens.{t}", "a positive integer")
         for t, v in self.max_tokens.items():

@@ -8,6 +8,7 @@ rerun skips everything already stored.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 from der_pipeline.tree_store import TreeStore
@@ -30,7 +31,8 @@ class BufferedWriter:
         self._old_handler = None
 
     def __enter__(self) -> "BufferedWriter":
-        self._old_handler = signal.signal(signal.SIGTERM, _raise_stopped)
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            self._old_handler = signal.signal(signal.SIGTERM, _raise_stopped)
         return self
 
     def add(self, row: dict) -> None:
@@ -49,4 +51,5 @@ class BufferedWriter:
         try:
             self.flush()
         finally:
-            signal.signal(signal.SIGTERM, self._old_handler)
+            if self._old_handler is not None:
+                signal.signal(signal.SIGTERM, self._old_handler)

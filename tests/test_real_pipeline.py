@@ -189,6 +189,9 @@ def test_curves_ablations_and_cross_task_outputs(project):
     mixed = c["methods"]["der_cross_task"]
     assert set(mixed) == {*pooled, "all"} and mixed["boolq"]["seeds"] == 2
     assert abs(sum(mixed["hotpotqa"]["first_expert_share"]) - 1.0) < 1e-2
+    assert {"task_aware", "cascade", "knn", "mlp"} <= set(c["methods"])
+    # the task-aware baseline is one single expert per dataset: exactly one expert answers, one call
+    assert all(c["methods"]["task_aware"][d]["calls"] == 1.0 for d in pooled)
 
 
 def test_cli_train_with_the_der_paper_preset(project, tmp_path):

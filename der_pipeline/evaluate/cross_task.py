@@ -4,8 +4,11 @@ The proposal's claim is that routing pays because no single small model is best
 on every task. Here one policy (per seed) learns from the pooled train splits
 of ``evaluate.cross_task`` and is evaluated on each dataset's test split and on
 all of them pooled, beside each dataset's own policy (the `train` stage's) and
-each single expert. Each dataset's score is its own task metric (accuracy for
-BoolQ, F1 for HotpotQA); "all" is the mean over the pooled test queries.
+each single expert, the best single expert per task chosen on that task's train
+split (``task_aware``: a router that knows the task but not the query), and the
+cascade and the supervised routers (kNN, MLP) fitted on the same pooled train
+split as the one policy. Each dataset's score is its own task metric (accuracy
+for BoolQ, F1 for HotpotQA); "all" is the mean over the pooled test queries.
 Writes results/cross_task/{metrics.json, table.md}.
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ from der_pipeline.evaluate.common import load_split, public, saved_policies, sum
 from der_pipeline.evaluate.names import method_label, single_id
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.arrays import concat_arrays, cost_scale
-from der_pipeline.router.methods import FixedPath, PolicyRouter
+from der_pipeline.router.methods import BestFixedPath, ConfidenceCascade, FixedPath, KNNRouter, MLPRouter, PolicyRouter
 from der_pipeline.router.ppo import train_ppo
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,12 @@ def cross_task(p: Params) -> str:
     methods = {"der_cross_task": lambda split: [PolicyRouter(a, scale, p.reward, "der_cross_task", state=p.ppo.state) for a in mixed],
                "der_per_task": lambda split: saved_policies(p, split)}
     methods.update({single_id(e): (lambda split, e=e: [FixedPath(single_id(e), names, [e])]) for e in names})
+    pooled_cascade = ConfidenceCascade().fit(mixed_train, p)
+    pooled_knn = KNNRouter().fit(mixed_train, p)
+    pooled_mlp = [MLPRouter(seed=s).fit(mixed_train, p) for s in p.seeds]
+    methods.update({
+        "task_aware": lambda split: [BestFixedPath(singles_only=True).fit(split.train, p)],
+        "cascade": lambda split: [pooled_cascade], "knn": lambda split: [pooled_knn], "mlp": lambda split: pooled_mlp})
     for method, make in methods.items():
         rows[method], pooled = {}, []
         for d, split in splits.items():
@@ -81,15 +90,17 @@ def render(out: dict) -> str:
             cells.append(f"{m['accuracy']:.3f}{std} ({m['calls']:.2f}, {m['cost_gflops']:.0f})")
         shown = f"**{method_label(method)}**" if method.startswith("der") else method_label(method)
         lines.append(f"| {shown} | " + " | ".join(cells) + " |")
-    lines += ["", "Where the one policy for all tasks goes first, and how often it refines, per dataset:", "",
-              "| Dataset | " + " | ".join(f"first: {e}" for e in out["experts"]) + " | refines |",
-              "|---|" + "---|" * (len(out["experts"]) + 1)]
+    lines += ["", "Where the one policy for all tasks goes first, and how often it refines (KTP) or escalates "
+              "(a fresh answer), per dataset:", "",
+              "| Dataset | " + " | ".join(f"first: {e}" for e in out["experts"]) + " | refines | escalates |",
+              "|---|" + "---|" * (len(out["experts"]) + 2)]
     for d in ds:
         m = out["methods"]["der_cross_task"][d]
         lines.append(f"| {d} | " + " | ".join(f"{s:.0%}" for s in m["first_expert_share"]) +
-                     f" | {m['refine_rate']:.0%} |")
+                     f" | {m['refine_rate']:.0%} | {m.get('escalate_rate', 0.0):.0%} |")
     lines += ["", f"One policy per seed {out['seeds']} trained on the pooled train splits "
               f"({', '.join(f'{d} {n}' for d, n in out['train_queries'].items())} queries); evaluated on each test "
               f"split ({', '.join(f'{d} {n}' for d, n in out['test_queries'].items())} queries). Scores are each "
-              "dataset's task metric; ± is the std over seeds."]
+              "dataset's task metric; ± is the std over seeds. The cascade and the supervised routers are fitted "
+              "on the same pooled train split; the best expert per task on each task's own train split."]
     return "\n".join(lines)

@@ -171,8 +171,15 @@ def cross_task_finding(cross: dict) -> str:
     one, per = by["der_cross_task"]["all"], by["der_per_task"]["all"]
     singles = {expert_of(k): v["all"]["accuracy"] for k, v in by.items() if expert_of(k)}
     top = max(singles, key=singles.get)
-    return (f"Across tasks: one policy for all tasks scores {one['accuracy']:.3f} overall, one policy per task "
-            f"{per['accuracy']:.3f}; the best single expert over both test splits is {top} ({singles[top]:.3f}).")
+    text = (f"Across tasks: one policy for all tasks scores {one['accuracy']:.3f} overall at {one['cost_gflops']:.0f} "
+            f"GFLOPs a query, one policy per task {per['accuracy']:.3f}; the best single expert over all "
+            f"{len(cross['datasets'])} test splits is {top} ({singles[top]:.3f}).")
+    if "task_aware" in by:
+        aware = by["task_aware"]["all"]
+        text += (f" The best expert per task, chosen on each train split, scores {aware['accuracy']:.3f} at "
+                 f"{aware['cost_gflops']:.0f} GFLOPs: routing by query "
+                 f"{'pays' if one['accuracy'] > aware['accuracy'] else 'does not pay'} over routing by task here.")
+    return text
 
 
 def render_findings(outs: list[dict], ablations: dict[str, dict], cross: dict | None = None,

@@ -141,3 +141,28 @@ def _label_ids(llm, answer_type: str) -> tuple[set[int], set[int]]:
         first, second = LABEL_WORDS[answer_type]
         cache[answer_type] = (word_token_ids(llm, first), word_token_ids(llm, second))
     return cache[answer_type]
+
+
+def from_token_logprobs(tokens: list[tuple[str, float, dict[str, float]]], answer_type: str) -> AnswerConfidence:
+    """The same features from a server's per-token logprobs (llama-server, vLLM): ``tokens`` holds, for each
+    generated token, (its text, its logprob, the top alternatives {text: logprob}).
+
+    Edge cases: leading tokens that are only whitespace are skipped (the stored answer is stripped);
+    yes_prob is Y / (Y + N) over the label tokens *among the top alternatives* at the first answer token
+    (a truncated sum: exact when both labels are in the top list, 0.5 when neither is); an answer with no
+    token is EMPTY."""
+    while tokens and not tokens[0][0].strip():
+        tokens = tokens[1:]
+    if not tokens:
+        return EMPTY
+    lps = np.array([lp for _, lp, _ in tokens], dtype=np.float64)
+    yes_prob = None
+    if answer_type in LABEL_WORDS:
+        first, second = LABEL_WORDS[answer_type]
+        alts = dict(tokens[0][2])
+        alts.setdefault(tokens[0][0], tokens[0][1])
+        y = sum(math.exp(lp) for t, lp in alts.items() if t.strip().lower() in first)
+        n = sum(math.exp(lp) for t, lp in alts.items() if t.strip().lower() in second)
+        yes_prob = y / (y + n) if y + n > 0 else 0.5
+    return AnswerConfidence(yes_prob=yes_prob, first_prob=float(math.exp(lps[0])), mean_logprob=float(lps.mean()),
+                            min_logprob=float(lps.min()), answer_tokens=len(tokens))

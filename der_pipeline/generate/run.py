@@ -47,33 +47,51 @@ class Job:
         return join_path([self.parent.name, self.expert.name] if self.parent else [self.expert.name])
 
 
-def generate_dataset(p: Params, dataset: str, backend: Backend, limit: int | None = None,
-                     progress: bool = True) -> dict:
+def dataset_queries(p: Params, dataset: str, limit: int | None = None) -> list[dict]:
+    queries = load_prepared(p, dataset).to_pylist()
+    return queries if limit is None else queries[:limit]
+
+
+def prepare_store(p: Params, dataset: str) -> tuple[TreeStore, int]:
+    """The owner's clean-up before writing: half-written shards removed, unreadable ones moved aside
+    (their nodes count as missing and are generated again). Workers sharing the store never do this."""
     store = TreeStore(tree_dir(p, dataset))
     store.folder.mkdir(parents=True, exist_ok=True)
     store.discard_partial()  # only the writer cleans up; readers never touch a file
-    queries = load_prepared(p, dataset).to_pylist()
-    if limit is not None:
-        queries = queries[:limit]
+    corrupt = store.read_tolerant().corrupt
+    for shard in corrupt:
+        store.quarantine(shard)
+    return store, len(corrupt)
+
+
+def generate_dataset(p: Params, dataset: str, backend: Backend, limit: int | None = None,
+                     progress: bool = True, qids: list[str] | None = None, owner: bool = True) -> dict:
+    """Generate the missing nodes of a dataset's queries (or of ``qids`` only).
+
+    ``owner``: this process is the store's only writer, so it cleans up first and compacts the shards
+    at the end; a Ray worker (generate/distributed.py) is not: it only appends shards of its own."""
+    queries = dataset_queries(p, dataset, limit)
+    if qids is not None:
+        wanted = set(qids)
+        queries = [q for q in queries if q["qid"] in wanted]
+    store, corrupt = prepare_store(p, dataset) if owner else (TreeStore(tree_dir(p, dataset)), 0)
     experts = p.experts
     keys = NodeKeys(p, backend.name)
-    stored = store.read_tolerant()
-    for shard in stored.corrupt:  # its nodes count as missing and are generated again
-        store.quarantine(shard)
-    existing = stored.table
+    existing = store.read_tolerant().table
     cur = current_nodes(p, queries, existing, backend.name)
     answers = existing["answer"].to_pylist()
     done: dict[tuple[str, str], str] = {node: answers[i] for node, i in cur.rows.items()}
     total_nodes = len(queries) * len(expected_paths([e.name for e in experts]))
     todo = total_nodes - len(done)
     stats = {"dataset": dataset, "queries": len(queries), "nodes_total": total_nodes,
-             "nodes_skipped": len(done), "nodes_stale": cur.stale_total, "corrupt_shards": len(stored.corrupt),
-             "nodes_generated": 0, "tokens": 0}
+             "nodes_skipped": len(done), "nodes_stale": cur.stale_total, "corrupt_shards": corrupt,
+             "nodes_generated": 0, "tokens": 0, "output_tokens": 0}
     if cur.stale_total:
         log.warning("%s: %d stored node(s) were made under other settings (prompt, data seed, model, backend or "
                     "decoding): they are kept but not reused, and made again now", dataset, cur.stale_total)
     if todo == 0:
-        store.compact()
+        if owner:
+            store.compact()
         return stats
 
     bar = tqdm(total=todo, desc=f"generate {dataset}", unit="node", disable=not progress, dynamic_ncols=True)
@@ -100,19 +118,21 @@ def generate_dataset(p: Params, dataset: str, backend: Backend, limit: int | Non
                             done[(job.query["qid"], job.path)] = out.text
                             stats["nodes_generated"] += 1
                             stats["tokens"] += out.prompt_tokens + out.completion_tokens
+                            stats["output_tokens"] += out.completion_tokens
                             elapsed = time.perf_counter() - t_start
                             bar.set_postfix(tok_s=f"{stats['tokens'] / max(elapsed, 1e-9):.0f}", expert=expert.name,
                                             hop=hop, refresh=False)
                             bar.update(1)
                         writer.flush()  # at every expert switch
-                if len(store.shards()) > MAX_SMALL_SHARDS:
+                if owner and len(store.shards()) > MAX_SMALL_SHARDS:
                     store.compact()
     except KeyboardInterrupt:
         bar.close()
         log.warning("generation interrupted: %d nodes of %s kept; rerun to continue", stats["nodes_generated"], dataset)
         raise
     bar.close()
-    store.compact()
+    if owner:
+        store.compact()
     stats["seconds"] = round(time.perf_counter() - t_start, 2)
     return stats
 

@@ -190,13 +190,18 @@ class BestFixedPath(Router):
 
     id = "best_fixed"
 
-    def __init__(self, alpha: float | None = None):
+    def __init__(self, alpha: float | None = None, singles_only: bool = False):
         self.alpha = alpha
+        self.singles_only = singles_only  # the best fixed *expert* (the cross-task "task-aware" baseline)
+        if singles_only:
+            self.id = "task_aware"
 
     def fit(self, train: TreeArrays, p: Params) -> "BestFixedPath":
         a = p.reward.alpha if self.alpha is None else self.alpha
         utility = train.path_matrix("task").mean(axis=0) - a * train.path_matrix("cost").mean(axis=0) / cost_scale(train)
         utility[~allowed_paths(train.n_experts, p.reward.actions == "ktp_only")] = -np.inf
+        if self.singles_only:
+            utility[train.n_experts:] = -np.inf
         self.idx = int(np.argmax(utility))
         self.chosen = train.path_names()[self.idx]
         return self
