@@ -57,13 +57,17 @@ EMBEDDINGS = pa.schema([
     pa.field("embedding", pa.list_(pa.float32()), nullable=False),
 ])
 
+SECONDARY_METRICS = ("exact_match", "rouge1", "rouge2")  # reported beside the task score, never rewarded
+
 SCORES = pa.schema([
     pa.field("qid", pa.string(), nullable=False),
     pa.field("path", pa.string(), nullable=False),
     pa.field("parsed_answer", pa.string(), nullable=False),
     pa.field("task_metric", pa.string(), nullable=False),  # accuracy | f1 | numeric_match | rougeL
     pa.field("task_score", pa.float32(), nullable=False),
-    pa.field("exact_match", pa.float32(), nullable=True),  # span tasks only
+    pa.field("exact_match", pa.float32(), nullable=True),  # span tasks only (metrics.SECONDARY_OF)
+    pa.field("rouge1", pa.float32(), nullable=True),  # summary tasks only
+    pa.field("rouge2", pa.float32(), nullable=True),  # summary tasks only
     pa.field("bertscore_f1", pa.float32(), nullable=False),
 ])
 

@@ -39,7 +39,8 @@ def synthetic_tree(n_queries=40, n_experts=3, dim=4, seed=0, good=1):
         a2_emb=rng.normal(size=(q, n, n, dim)).astype(np.float32),
         task1=task1, task2=task2, bert1=task1 * 0.5 + 0.4, bert2=task2 * 0.5 + 0.4,
         cost1=cost1, cost2=cost2, lat1=cost1 / 10, lat2=cost2 / 10,
-        conf1=rng.uniform(size=(q, n, 5)).astype(np.float32))
+        conf1=rng.uniform(size=(q, n, 5)).astype(np.float32),
+        sec1=np.full((q, n, 3), np.nan), sec2=np.full((q, n, n, 3), np.nan))
 
 
 def run_cli(args, cwd, env=None, check=True, timeout=1800):

@@ -71,3 +71,12 @@ def test_render_findings_lists_every_dataset():
     out = results(0.75, 50.0, 0.3, 0.01)
     lines = render_findings([out, {**out, "dataset": "other"}], {})
     assert any(l.startswith("- **toy**") for l in lines) and any(l.startswith("- **other**") for l in lines)
+
+
+def test_bertscore_evidence_without_right_answers_reads_n_a():
+    """A tree with no right answer (a hard task on a tiny sample) has no share of right answers to report."""
+    out = results(0.75, 50.0, 0.3, 0.01)
+    ablations = {"tables": {}, "bertscore_evidence": {"nodes": 40, "wrong_at_or_above_0.5": 0.25,
+                                                      "right_at_or_above_0.5": None}}
+    text = " ".join(dataset_findings(out, ablations))
+    assert "BERTScore as P (all 40 train nodes): 25% of wrong and n/a of right answers reach 0.5" in text

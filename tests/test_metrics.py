@@ -117,3 +117,26 @@ def test_rouge_l_on_a_hand_computed_pair():
     assert rouge_l("the cat lay on the mat", "the cat sat on the mat") == pytest.approx(5 / 6)
     # 'cat the' against 'the cat': LCS 1 of 2 tokens each -> 0.5
     assert rouge_l("cat the", "the cat") == pytest.approx(0.5)
+
+
+def test_rouge_1_2_on_a_hand_computed_pair():
+    """ROUGE-N F = 2PR/(P+R) over clipped n-gram overlap (rouge-score, stemmed)."""
+    from der_pipeline.signals.metrics import rouge
+
+    # candidate 'the cat lay on the mat' vs reference 'the cat sat on the mat'
+    # unigrams: 5 of 6 shared (the x2, cat, on, mat) -> 5/6; bigrams: the-cat, on-the, the-mat = 3 of 5 -> 3/5
+    r = rouge("the cat lay on the mat", "the cat sat on the mat")
+    assert r["rouge1"] == pytest.approx(5 / 6) and r["rouge2"] == pytest.approx(3 / 5)
+    assert r["rougeL"] == pytest.approx(5 / 6)
+    # stemming: 'cats' / 'cat', 'running' / 'run'
+    assert rouge("cats running", "cat run")["rouge1"] == pytest.approx(1.0)
+
+
+def test_summary_score_carries_rouge_1_2_of_the_best_gold():
+    s = score_answer("the cat lay on the mat", "a dog barked", "summary", aliases=["the cat sat on the mat"])
+    assert s.score == pytest.approx(5 / 6)
+    assert s.secondary == pytest.approx({"rouge1": 5 / 6, "rouge2": 3 / 5})
+    assert s.exact_match is None
+    # span answers carry exact match only; yes/no none
+    assert set(score_answer("Answer: Paris", "Paris", "span").secondary) == {"exact_match"}
+    assert score_answer("yes", "yes", "yes_no").secondary == {}

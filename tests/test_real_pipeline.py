@@ -30,6 +30,8 @@ N_QUERIES = 4
 N_HOTPOT = 2  # one train and one test query (the split is a hash of the id)
 N_SST2 = 5  # the first four of the seeded order are train, the fifth test
 N_SQUAD = 3  # two train, one test
+N_GSM8K = 2  # one train, one test
+N_XSUM = 4  # three test, one train
 SEEDS = [1, 2]
 # a custom dataset (any JSON-lines file): ids 1 and 2 fall in train and test
 CUSTOM = [{"id": 1, "question": "What colour is the sky on a clear day?", "context": "On a clear day the sky is blue.",
@@ -40,10 +42,13 @@ CUSTOM = [{"id": 1, "question": "What colour is the sky on a clear day?", "conte
 
 def small_params(raw):
     raw["data"]["datasets"] = {"boolq": {"sample": N_QUERIES}, "hotpotqa": {"sample": N_HOTPOT},
-                               "gsm8k": {"sample": 0}, "xsum": {"sample": 0}, "sst2": {"sample": N_SST2},
+                               "gsm8k": {"sample": N_GSM8K}, "xsum": {"sample": N_XSUM}, "sst2": {"sample": N_SST2},
                                "squad": {"sample": N_SQUAD},
                                "mine": {"sample": 2, "source": "mine.jsonl", "answer_type": "span"}}
     raw["data"]["test_fraction"] = 0.5
+    # shorter prompts and answers keep the suite under its budget: the chain, not the answers, is under test
+    raw["data"]["max_context_chars"] = 300
+    raw["generation"]["max_tokens"].update(number=32, summary=16)  # GSM8K's worked answers are cut short here
     raw["ppo"]["total_timesteps"] = 4096  # two PPO iterations of 256 envs x 8 steps
     raw["ppo"]["eval_every"] = 1
     raw["seeds"] = SEEDS
@@ -106,6 +111,7 @@ def test_dvc_status_is_clean_after_repro_and_after_rerunning_a_stage(project):
 
 
 @pytest.mark.parametrize("dataset, n, metric", [("sst2", N_SST2, "accuracy"), ("squad", N_SQUAD, "f1"),
+                                                ("gsm8k", N_GSM8K, "numeric_match"), ("xsum", N_XSUM, "rougeL"),
                                                 ("mine", 2, "f1")])
 def test_the_new_tasks_and_a_custom_dataset_run_the_whole_chain(project, dataset, n, metric):
     p = load_params(project / "params.yaml")
@@ -118,6 +124,15 @@ def test_the_new_tasks_and_a_custom_dataset_run_the_whole_chain(project, dataset
         assert set(sc["parsed_answer"].to_pylist()) <= {"positive", "negative", ""}
         conf = TreeStore(project / "data" / "confidence" / "sst2", CONFIDENCE).read()
         assert conf.num_rows >= n * 4 and all(y is not None for y in conf["yes_prob"].to_pylist())
+    # secondary metrics: EM for spans, ROUGE-1/2 for summaries, in the scores and in the evaluation table
+    secondary = {"f1": ["exact_match"], "rougeL": ["rouge1", "rouge2"]}.get(metric, [])
+    for col in ("exact_match", "rouge1", "rouge2"):
+        values = sc[col].to_pylist()
+        assert all(v is not None for v in values) if col in secondary else all(v is None for v in values)
+    assert all(col in m["methods"]["der"] for col in secondary)
+    if metric == "rougeL":
+        table = (project / "results" / "evaluate" / dataset / "table.md").read_text()
+        assert "| ROUGE-1 | ROUGE-2 |" in table and "ROUGE-L (95% CI" in table
     proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "inspect", "-d", dataset], cwd=project,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "parse" in proc.stdout.lower(), proc.stderr

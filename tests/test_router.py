@@ -382,3 +382,22 @@ def test_ppo_on_the_confidence_state_learns_to_escalate_only_when_the_cheap_expe
     escalated = w[:, 2 + 4 + 1]  # e0 > fresh e1 (N + N*N + 0*N + 1)
     assert score.mean() > 0.95
     assert escalated[~right].mean() > 0.9 and escalated[right].mean() < 0.1  # a cascade, learned
+
+
+def test_secondary_metrics_follow_the_final_answer_and_are_reported_only_where_present(repo_params):
+    """ROUGE-1 (or EM) of a path is its final answer's: the refiner's after KTP, the fresh expert's after an
+    escalation; ``summarize`` reports it only when every test answer has it (NaN: the answer type has none)."""
+    from der_pipeline.evaluate.common import summarize
+    from der_pipeline.schemas import SECONDARY_METRICS
+
+    t = tiny()
+    k = SECONDARY_METRICS.index("rouge1")
+    t.sec1[..., k] = [[0.1, 0.5], [0.2, 0.3]]
+    t.sec2[..., k] = [[[0.11, 0.12], [0.13, 0.14]], [[0.21, 0.22], [0.23, 0.24]]]
+    names = t.experts
+    assert (FixedPath("r", names, ["e0", "e1"]).route(t) * t.path_matrix("rouge1")).sum(1).tolist() == [0.12, 0.22]
+    assert (FixedPath("f", names, ["e0", "e1"], fresh=True).route(t) * t.path_matrix("rouge1")).sum(1).tolist() \
+        == [0.5, 0.3]
+    out = summarize([FixedPath("s", names, ["e1"]).route(t)], t, 1.0, repo_params)
+    assert out["rouge1"] == pytest.approx(0.4)
+    assert "exact_match" not in out and "rouge2" not in out

@@ -13,6 +13,7 @@ from der_pipeline.config import Params
 from der_pipeline.evaluate.stats import bootstrap_ci, mean_std
 from der_pipeline.router.arrays import TreeArrays, build_arrays, cost_scale, split_arrays
 from der_pipeline.router.methods import PolicyRouter
+from der_pipeline.schemas import SECONDARY_METRICS
 from der_pipeline.router.ppo import train_ppo
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,10 @@ def summarize(weights: list[np.ndarray], test: TreeArrays, scale: float, p: Para
         "refine_if_wrong": _ratio(((w2 + w3) * ~right).sum(), (first * ~right).sum()),  # a second call of any kind
         "seeds": len(weights),
     }
+    for name in SECONDARY_METRICS:  # reported where every test answer has it (exact match; ROUGE-1/2)
+        values = test.path_matrix(name)
+        if not np.isnan(values).any():
+            out[name] = round(float((w_mean * values).sum(axis=1).mean()), 4)
     out["_per_query"] = per_query  # for paired tests; dropped before writing JSON
     return out
 

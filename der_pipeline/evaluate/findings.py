@@ -91,6 +91,11 @@ def goal_findings(out: dict, frontier: dict | None = None) -> list[str]:
     return lines
 
 
+def _share(v: float | None) -> str:
+    """A share as a percentage; 'n/a' where there was nothing to count (no right, or no wrong, answers)."""
+    return "n/a" if v is None else f"{v:.0%}"
+
+
 def _shortfall(der: dict, best: dict, share: float) -> str:
     gaps = []
     if der["accuracy"] < best["accuracy"]:
@@ -160,8 +165,8 @@ def _ablation_findings(ablations: dict) -> list[str]:
     ev = ablations.get("bertscore_evidence") or {}
     cuts = [k.removeprefix("wrong_at_or_above_") for k in ev if k.startswith("wrong_at_or_above_")]
     if cuts:
-        shares = "; ".join(f"{ev['wrong_at_or_above_' + t]:.0%} of wrong and {ev['right_at_or_above_' + t]:.0%} of "
-                           f"right answers reach {t}" for t in cuts)
+        shares = "; ".join(f"{_share(ev['wrong_at_or_above_' + t])} of wrong and {_share(ev['right_at_or_above_' + t])} "
+                           f"of right answers reach {t}" for t in cuts)
         lines.append(f"BERTScore as P (all {ev['nodes']} train nodes): {shares}.")
     return lines
 

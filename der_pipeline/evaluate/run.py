@@ -18,6 +18,7 @@ from der_pipeline.router.methods import CASCADE_SIGNALS, MLPRouter, Router, base
 from der_pipeline.signals.metrics import TASK_METRIC
 
 METRIC_LABEL = {"accuracy": "Accuracy", "f1": "F1", "numeric_match": "Accuracy", "rougeL": "ROUGE-L"}
+SECONDARY_LABEL = {"exact_match": "EM", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2"}
 
 
 def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
@@ -91,15 +92,19 @@ def _fmt_std(m: dict) -> str:
 
 def render_table(out: dict) -> str:
     label = METRIC_LABEL[out["metric"]]
-    lines = [f"| Method | {label} (95% CI over queries) | std over {len(out['seeds'])} seeds | Avg Calls | "
-             "Avg Cost (GFLOPs) | Cost (norm.) | BERTScore F1 |",
-             "|---|---|---|---|---|---|---|"]
+    methods = list(out["methods"].values())
+    extra = [k for k in SECONDARY_LABEL if all(k in m for m in methods)]  # EM for spans, ROUGE-1/2 for summaries
+    lines = [f"| Method | {label} (95% CI over queries) | std over {len(out['seeds'])} seeds | "
+             + "".join(f"{SECONDARY_LABEL[k]} | " for k in extra)
+             + "Avg Calls | Avg Cost (GFLOPs) | Cost (norm.) | BERTScore F1 |",
+             "|---|---|---|" + "---|" * len(extra) + "---|---|---|---|"]
     for name, m in out["methods"].items():
         role = out["roles"][name]
         label = method_label(name, out)
         shown = f"*{label}*" if role == "bound" else (f"**{label}**" if role == "der" else label)
         lines.append(f"| {shown} | {m['accuracy']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f}) | {_fmt_std(m)} | "
-                     f"{m['calls']:.2f} | {m['cost_gflops']:.1f} | {m['cost_norm']:.3f} | {m['bertscore_f1']:.3f} |")
+                     + "".join(f"{m[k]:.3f} | " for k in extra)
+                     + f"{m['calls']:.2f} | {m['cost_gflops']:.1f} | {m['cost_norm']:.3f} | {m['bertscore_f1']:.3f} |")
     lines += ["", f"{out['test_queries']} test queries; every router was fitted on the {out['train_queries']} train "
               f"queries only (data seed {out['data_seed']}; PPO / MLP seeds {out['seeds']}). Cost (norm.) divides by "
               f"the priciest expert's mean call ({out['cost_scale_gflops']} GFLOPs)."]

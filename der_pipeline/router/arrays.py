@@ -11,7 +11,9 @@ already in the tree, after expert i's call. Paths are numbered flat:
 
 ``path_matrix`` gives every path's value in that order, so a routing method is a
 distribution over the N + 2·N² paths. ``conf1`` holds the experts' own confidence
-in their hop-1 answers (experts/confidence.py), as features in [0, 1].
+in their hop-1 answers (experts/confidence.py), as features in [0, 1]. ``sec1`` /
+``sec2`` hold the secondary metrics (schemas.SECONDARY_METRICS, last axis), NaN
+where the answer type has none: reported, never rewarded.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from der_pipeline.config import Params, RewardConfig
-from der_pipeline.schemas import join_path
+from der_pipeline.schemas import SECONDARY_METRICS, join_path
 
 
 @dataclass
@@ -39,6 +41,8 @@ class TreeArrays:
     lat1: np.ndarray  # seconds of the call
     lat2: np.ndarray
     conf1: np.ndarray  # [Q, N, F] confidence features of the hop-1 answers (CONF_FEATURES)
+    sec1: np.ndarray  # [Q, N, K] secondary metrics (SECONDARY_METRICS) of the hop-1 answers; NaN: none
+    sec2: np.ndarray  # [Q, N, N, K]
     params_b: tuple[float, ...] = ()  # each expert's parameters in billions (the `params` cost unit)
 
     @property
@@ -68,9 +72,13 @@ class TreeArrays:
         return w * self.task1 + (1 - w) * self.bert1, w * self.task2 + (1 - w) * self.bert2
 
     def path_matrix(self, which: str) -> np.ndarray:
-        """[Q, N + 2·N²] values of every path: task, bert, calls, cost (summed) or latency (summed)."""
+        """[Q, N + 2·N²] values of every path: task, bert, calls, cost (summed), latency (summed) or a
+        secondary metric (SECONDARY_METRICS: the final answer's, NaN where the answer type has none)."""
         q, n = self.n_queries, self.n_experts
-        if which == "task":
+        if which in SECONDARY_METRICS:
+            k = SECONDARY_METRICS.index(which)
+            a, b, f = self.sec1[..., k], self.sec2[..., k], self.sec1[:, None, :, k]
+        elif which == "task":
             a, b, f = self.task1, self.task2, self.task1[:, None, :]
         elif which == "bert":
             a, b, f = self.bert1, self.bert2, self.bert1[:, None, :]
@@ -201,14 +209,17 @@ def build_arrays(p: Params, dataset: str) -> tuple[TreeArrays, list[str]]:
         if vec is None:
             raise ValueError(f"{dataset}: no embedding for node ({qid}, {path}); rerun `der-pipeline embed`")
         (a1 if hop == 1 else a2)[(qi, *ij)] = vec
-    for qid, path, ts, bs in zip(scores["qid"].to_pylist(), scores["path"].to_pylist(),
-                                 scores["task_score"].to_pylist(), scores["bertscore_f1"].to_pylist()):
+    sec = {1: np.full((Q, n, len(SECONDARY_METRICS)), np.nan), 2: np.full((Q, n, n, len(SECONDARY_METRICS)), np.nan)}
+    secondary = list(zip(*(scores[m].to_pylist() for m in SECONDARY_METRICS)))
+    for qid, path, ts, bs, sv in zip(scores["qid"].to_pylist(), scores["path"].to_pylist(),
+                                     scores["task_score"].to_pylist(), scores["bertscore_f1"].to_pylist(), secondary):
         if qid not in qpos or path.split(">")[0] not in epos:
             continue
         qi, ij, flat = slot(qid, path)
         hop = len(ij)
         arr[f"task{hop}"][(qi, *ij)] = ts
         arr[f"bert{hop}"][(qi, *ij)] = bs
+        sec[hop][(qi, *ij)] = [np.nan if v is None else v for v in sv]
         filled[qi, flat] = True
     if not filled.all():
         raise ValueError(f"{dataset}: {(~filled).sum()} tree nodes have no score; rerun `der-pipeline score`")
@@ -224,7 +235,7 @@ def build_arrays(p: Params, dataset: str) -> tuple[TreeArrays, list[str]]:
                          f"`der-pipeline confidence` (resumable)")
     q_emb = np.stack([emb[(q, "")] for q in qids]).astype(np.float32)
     arrays = TreeArrays(qids=qids, experts=names, q_emb=q_emb, a1_emb=a1, a2_emb=a2, **arr, conf1=conf1,
-                        params_b=tuple(e.params_b for e in p.experts))
+                        sec1=sec[1], sec2=sec[2], params_b=tuple(e.params_b for e in p.experts))
     return arrays, prepared["split"].to_pylist()
 
 

@@ -12,17 +12,22 @@
   present, else the last number), commas, currency and units dropped, compared
   numerically.
 - summary (XSum): ROUGE-L F-measure (rouge-score, stemmed).
+
+Besides the task score, each answer type may carry secondary metrics that are
+reported but never rewarded (``SECONDARY``): exact match for spans, ROUGE-1 and
+ROUGE-2 F-measure for summaries. They are NaN where an answer type has none.
 """
 from __future__ import annotations
 
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TASK_METRIC = {"yes_no": "accuracy", "span": "f1", "number": "numeric_match", "summary": "rougeL",
                "sentiment": "accuracy"}
 SPAN_RULE = {"hotpotqa": "hotpotqa", "squad": "squad"}  # which official F1 a span dataset uses
+SECONDARY_OF = {"span": ("exact_match",), "summary": ("rouge1", "rouge2")}
 
 _YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
 _ANSWER_TAG = re.compile(r"(?:final answer|answer|####|answer is)\s*[:：]?\s*", re.IGNORECASE)
@@ -109,13 +114,18 @@ def token_f1(prediction: str, gold: str, rule: str = "hotpotqa") -> float:
 _ROUGE = None
 
 
-def rouge_l(prediction: str, gold: str) -> float:
+def rouge(prediction: str, gold: str) -> dict[str, float]:
+    """ROUGE-1, ROUGE-2 and ROUGE-L F-measure (rouge-score, Porter-stemmed, as XSum papers report)."""
     global _ROUGE
     if _ROUGE is None:
         from rouge_score import rouge_scorer
 
-        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return float(_ROUGE.score(gold, prediction)["rougeL"].fmeasure)
+        _ROUGE = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    return {k: float(v.fmeasure) for k, v in _ROUGE.score(gold, prediction).items()}
+
+
+def rouge_l(prediction: str, gold: str) -> float:
+    return rouge(prediction, gold)["rougeL"]
 
 
 def parse_answer(text: str, answer_type: str) -> str:
@@ -136,7 +146,11 @@ class TaskScore:
     parsed: str
     metric: str
     score: float
-    exact_match: float | None = None
+    secondary: dict[str, float] = field(default_factory=dict)  # names from SECONDARY_OF[answer_type]
+
+    @property
+    def exact_match(self) -> float | None:
+        return self.secondary.get("exact_match")
 
 
 def score_answer(answer: str, reference: str, answer_type: str, aliases: list[str] | None = None,
@@ -151,8 +165,10 @@ def score_answer(answer: str, reference: str, answer_type: str, aliases: list[st
         return TaskScore(parsed, metric, float(parsed != "" and parsed == reference.strip().lower()))
     if answer_type == "span":
         return TaskScore(parsed, metric, max(token_f1(parsed, g, span_rule) for g in golds),
-                         max(exact_match(parsed, g) for g in golds))
+                         {"exact_match": max(exact_match(parsed, g) for g in golds)})
     if answer_type == "number":
         gold = _canon_number(reference)
         return TaskScore(parsed, metric, float(parsed != "" and parsed == gold))
-    return TaskScore(parsed, metric, max(rouge_l(parsed, g) for g in golds))
+    # the gold summary with the best ROUGE-L decides all three, so they describe one comparison
+    best = max((rouge(parsed, g) for g in golds), key=lambda r: r["rougeL"])
+    return TaskScore(parsed, metric, best["rougeL"], {"rouge1": best["rouge1"], "rouge2": best["rouge2"]})

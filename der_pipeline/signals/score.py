@@ -17,7 +17,7 @@ from der_pipeline.artifacts import load_tree, scores_path
 from der_pipeline.config import Params
 from der_pipeline.experts.models import embedder_path
 from der_pipeline.io import write_table
-from der_pipeline.schemas import SCORES
+from der_pipeline.schemas import SCORES, SECONDARY_METRICS
 from der_pipeline.signals.metrics import SPAN_RULE, score_answer
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def score(p: Params, dataset: str) -> dict:
         q = by_qid[qid]
         s = score_answer(answer, q["reference"], q["answer_type"], q["aliases"], SPAN_RULE.get(dataset, "squad"))
         rows.append(dict(qid=qid, path=path, parsed_answer=s.parsed, task_metric=s.metric, task_score=s.score,
-                         exact_match=s.exact_match))
+                         **{name: s.secondary.get(name) for name in SECONDARY_METRICS}))
     refs = [by_qid[r["qid"]]["reference"] for r in rows]
     # BERTScore compares the parsed answer, as the task metric does, so both judge the same text
     f1 = bertscore_f1([r["parsed_answer"] for r in rows], refs, p)
