@@ -80,3 +80,15 @@ def test_bertscore_evidence_without_right_answers_reads_n_a():
                                                       "right_at_or_above_0.5": None}}
     text = " ".join(dataset_findings(out, ablations))
     assert "BERTScore as P (all 40 train nodes): 25% of wrong and n/a of right answers reach 0.5" in text
+
+
+def test_parse_rate_line_names_the_paths_below_the_floor():
+    import polars as pl
+
+    from der_pipeline.evaluate.report import parse_rate_line
+
+    ok = pl.DataFrame({"path": ["a", "a>b"], "parse_rate": [1.0, 0.96]})
+    assert "at least 95% of the answers on every path (lowest: a>b, 96.0%)" in parse_rate_line("toy", ok)
+    low = pl.DataFrame({"path": ["a", "a>b", "b"], "parse_rate": [0.5, 0.9, 1.0]})
+    line = parse_rate_line("toy", low)
+    assert "2 of 3 paths fall below 95%: a 50.0%, a>b 90.0%" in line and " b 100" not in line

@@ -57,7 +57,23 @@ def tree_block(p: Params, dataset: str) -> list[str]:
         return []
     return [f"Task score of every path of the {dataset} tree (all {int(summary['n'].max())} queries, both splits; "
             "rows: first expert, columns: the expert that refines its answer):", "",
-            render_matrix(p, dataset, summary, "score"), ""]
+            render_matrix(p, dataset, summary, "score"), "", parse_rate_line(dataset, summary), ""]
+
+
+PARSE_RATE_FLOOR = 0.95  # below this share of readable answers, a path fails for a format reason
+
+
+def parse_rate_line(dataset: str, summary) -> str:
+    """Whether the task parser read at least PARSE_RATE_FLOOR of every path's answers, naming the paths below."""
+    rates = dict(zip(summary["path"].to_list(), summary["parse_rate"].to_list()))
+    low = {path: r for path, r in sorted(rates.items(), key=lambda kv: kv[1]) if r < PARSE_RATE_FLOOR}
+    lowest = min(rates, key=rates.get)
+    if not low:
+        return (f"Parse rate (`der-pipeline inspect -d {dataset}`): the parser reads at least {PARSE_RATE_FLOOR:.0%} "
+                f"of the answers on every path (lowest: {lowest}, {rates[lowest]:.1%}).")
+    return (f"Parse rate (`der-pipeline inspect -d {dataset}`): {len(low)} of {len(rates)} paths fall below "
+            f"{PARSE_RATE_FLOOR:.0%}: " + ", ".join(f"{path} {r:.1%}" for path, r in low.items())
+            + "; their unreadable answers score 0.")
 
 
 def chosen_block(out: dict) -> list[str]:
