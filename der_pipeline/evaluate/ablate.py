@@ -32,12 +32,18 @@ def variants(p: Params) -> dict[str, list[tuple[str, Params]]]:
 
 
 def bertscore_evidence(split: DatasetSplit, thresholds: list[float]) -> dict:
-    """How BERTScore F1 treats right and wrong answers (every node of the train split's tree)."""
+    """How BERTScore F1 treats right and wrong answers (every node of the train split's tree), and how well it
+    ranks answers as the task score does (Spearman's rho over the nodes: the telling number for a graded
+    score such as ROUGE-L, where few answers reach 0.5; None where either is constant)."""
+    from scipy.stats import spearmanr
+
     t = split.train
     task = np.concatenate([t.task1.ravel(), t.task2.ravel()])
     bert = np.concatenate([t.bert1.ravel(), t.bert2.ravel()])
     right, wrong = task >= 0.5, task < 0.5
+    rho = spearmanr(bert, task).statistic if np.ptp(task) > 0 and np.ptp(bert) > 0 else None
     out = {"nodes": int(task.size), "right": int(right.sum()), "wrong": int(wrong.sum()),
+           "spearman_with_task": None if rho is None else round(float(rho), 4),
            "bertscore_mean_right": round(float(bert[right].mean()), 4) if right.any() else None,
            "bertscore_mean_wrong": round(float(bert[wrong].mean()), 4) if wrong.any() else None}
     for th in sorted(set(thresholds)):
@@ -94,7 +100,8 @@ def render_ablations(out: dict, p: Params) -> str:
     parts.append(f"What BERTScore does as P: over the {ev['nodes']} nodes of the train split's tree, BERTScore F1 "
                  f"(on the parsed answers) averages {fmt(ev['bertscore_mean_right'])} on right answers and "
                  f"{fmt(ev['bertscore_mean_wrong'])} on wrong ones; {shares}. Where wrong answers clear p0, "
-                 "the bonus gamma rewards them as well as right ones.")
+                 "the bonus gamma rewards them as well as right ones. Spearman's rho between BERTScore and the "
+                 f"task score over those nodes: {fmt(ev.get('spearman_with_task'))} (1: the same ranking).")
     parts.append(f"Every row is DER retrained with that one change (other settings as in params.yaml), on the "
                  f"{out['train_queries']} train queries, evaluated on the {out['test_queries']} test queries with "
                  f"the task metric, averaged over seeds {out['seeds']}.")

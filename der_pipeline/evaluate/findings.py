@@ -167,7 +167,9 @@ def _ablation_findings(ablations: dict) -> list[str]:
     if cuts:
         shares = "; ".join(f"{_share(ev['wrong_at_or_above_' + t])} of wrong and {_share(ev['right_at_or_above_' + t])} "
                            f"of right answers reach {t}" for t in cuts)
-        lines.append(f"BERTScore as P (all {ev['nodes']} train nodes): {shares}.")
+        rho = ev.get("spearman_with_task")
+        lines.append(f"BERTScore as P (all {ev['nodes']} train nodes): {shares}"
+                     + ("." if rho is None else f"; its rank correlation with the task score is {rho:.2f}."))
     return lines
 
 
