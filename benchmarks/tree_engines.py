@@ -1,6 +1,6 @@
 """Tree generation per engine, side by side in one run: wall seconds per 20-node tree and output tokens/s.
 
-On the same BoolQ queries and the same expert pool (params.yaml's), each engine runs `generate` into a
+On the same queries of one dataset (BoolQ unless --dataset) and the same expert pool (params.yaml's), each engine runs `generate` into a
 fresh folder, in its own process, one after the other:
 
   (a) llamacpp     today's sequential path: in-process llama.cpp, one sequence at a time
@@ -13,7 +13,11 @@ the timed run makes the trees of queries 1..K. Output tokens are the tokens the 
 (prompt tokens, reused or not, are not counted). The reference limit is each expert's raw llama.cpp
 decode speed (one sequence, tokens/s), and the pool's decode-only time for the same output tokens.
 
-    python benchmarks/tree_engines.py [--queries 4] [--engines llamacpp,llamaserver,vllm,ray]
+    python benchmarks/tree_engines.py [--queries 4] [--engines llamacpp,llamaserver,vllm,ray] [--dataset gsm8k]
+
+Batching speeds up decoding, not prompt evaluation, so the gain depends on the dataset: BoolQ's short
+answers are mostly prompt; GSM8K's worked answers are mostly decoding (`generation.backend_by_dataset`
+gives one dataset its own engine).
 """
 from __future__ import annotations
 
@@ -34,10 +38,12 @@ VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 ENGINES = ("llamacpp", "llamaserver", "vllm", "ray")
 
 
-def write_params(folder: Path, queries: int, engine: str, chunk: int) -> Path:
+def write_params(folder: Path, queries: int, engine: str, chunk: int, dataset: str) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["paths"].update(source_data=str((REPO / raw["paths"]["source_data"]).resolve()), data=str(folder / "data"))
-    raw["data"]["datasets"] = {"boolq": {"sample": queries + 1}}
+    raw["data"]["datasets"] = {dataset: {"sample": queries + 1}}
+    raw["generation"]["backend_by_dataset"] = {}
+    raw["evaluate"]["cross_task"] = [dataset]
     raw["generation"]["chunk_queries"] = chunk
     raw["generation"]["backend"] = "llamacpp" if engine == "ray" else engine
     raw["generation"]["llamaserver"]["binary"] = str(REPO / raw["generation"]["llamaserver"]["binary"])
@@ -51,16 +57,17 @@ def run_one(params: str, engine: str) -> dict:
     from der_pipeline.config import load_params
 
     p = load_params(params)
-    n = p.data.datasets["boolq"].sample
+    ds = next(iter(p.data.datasets))
+    n = p.data.datasets[ds].sample
     if engine == "ray":
         from der_pipeline.generate.distributed import generate_on_ray, start_workers
 
         t0 = time.perf_counter()
         ray, actors = start_workers(p)
-        generate_on_ray(p, ["boolq"], limit=1, progress=False, actors=actors)
+        generate_on_ray(p, [ds], limit=1, progress=False, actors=actors)
         warm = time.perf_counter() - t0
         t0 = time.perf_counter()
-        (stats,) = generate_on_ray(p, ["boolq"], limit=n, progress=False, actors=actors)
+        (stats,) = generate_on_ray(p, [ds], limit=n, progress=False, actors=actors)
         secs = time.perf_counter() - t0
         ray.shutdown()
     else:
@@ -69,18 +76,18 @@ def run_one(params: str, engine: str) -> dict:
 
         t0 = time.perf_counter()
         backend = make_backend(p.generation)
-        generate_dataset(p, "boolq", backend, limit=1, progress=False)
+        generate_dataset(p, ds, backend, limit=1, progress=False)
         warm = time.perf_counter() - t0
         t0 = time.perf_counter()
-        stats = generate_dataset(p, "boolq", backend, limit=n, progress=False)
+        stats = generate_dataset(p, ds, backend, limit=n, progress=False)
         secs = time.perf_counter() - t0
         backend.close()
     from der_pipeline.artifacts import load_prepared, tree_dir
     from der_pipeline.tree_store import TreeStore
 
-    warm_qid = load_prepared(p, "boolq")["qid"][0].as_py()
+    warm_qid = load_prepared(p, ds)["qid"][0].as_py()
     by_expert: dict[str, int] = {}
-    for r in TreeStore(tree_dir(p, "boolq")).read().to_pylist():
+    for r in TreeStore(tree_dir(p, ds)).read().to_pylist():
         if r["qid"] != warm_qid:
             by_expert[r["expert"]] = by_expert.get(r["expert"], 0) + r["completion_tokens"]
     return {"engine": engine, "warmup_s": round(warm, 1), "seconds": round(secs, 2), "trees": n - 1,
@@ -114,6 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=4, help="timed trees (after one warm-up tree)")
     ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--dataset", default="boolq", help="whose queries the trees are made of (prepared first)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one engine in this process
     ap.add_argument("--params", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -132,7 +140,7 @@ def main() -> None:
     for engine in engines:
         folder = Path(tempfile.mkdtemp(prefix=f"tree-{engine}-"))
         chunk = max(1, args.queries // 2) if engine == "ray" else args.queries
-        params = write_params(folder, args.queries, engine, chunk)
+        params = write_params(folder, args.queries, engine, chunk, args.dataset)
         python = str(VLLM_PYTHON) if engine == "vllm" else sys.executable
         if engine == "vllm" and not VLLM_PYTHON.exists():
             print(f"skip vllm: {VLLM_PYTHON} missing (make setup-vllm)")

@@ -148,7 +148,7 @@ def read_tree(p: Params, dataset: str) -> TreeRead:
         raise FileNotFoundError(f"{folder}: no generated tree; run `der-pipeline generate` first")
     prepared = load_prepared(p, dataset)
     table = store.read()
-    cur = current_nodes(p, prepared.to_pylist(), table)
+    cur = current_nodes(p, prepared.to_pylist(), table, p.backend_for(dataset))
     paths = expected_paths(p.expert_names())
     complete = [q for q in prepared["qid"].to_pylist() if all((q, path) in cur.rows for path in paths)]
     if cur.stale_total:

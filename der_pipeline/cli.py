@@ -95,7 +95,8 @@ def prepare(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt)
 def generate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
              limit: Optional[int] = typer.Option(None, help="only the first N prepared queries of each dataset"),
              backend: Optional[str] = typer.Option(
-                 None, help="override generation.backend: llamacpp | llamaserver | openai | vllm"),
+                 None, help="override generation.backend for every dataset (generation.backend_by_dataset "
+                 "included): llamacpp | llamaserver | openai | vllm"),
              ray: bool = typer.Option(False, "--ray", help="spread chunks of queries over Ray actors "
                                       "(generation.ray: a local cluster, or the one at its address)"),
              workers: Optional[int] = typer.Option(None, help="with --ray: override generation.ray.workers"),
@@ -111,10 +112,13 @@ def generate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt
 
     Engines (README, "Engines"): in-process llama.cpp (default); `--backend llamaserver` (llama.cpp's
     server with parallel slots); `--backend vllm` (GPU, or vLLM's CPU build in .venv-vllm); `--ray`
-    runs any of them on several workers, here or across a cluster."""
+    runs any of them on several workers, here or across a cluster. `generation.backend_by_dataset` gives
+    one dataset its own engine (its tree is then read under that engine too)."""
     p = _load(params)
     try:
-        p = p.override("generation", backend=backend)
+        if backend is not None:  # the flag names the engine of every dataset
+            p = p.override("generation", backend=backend,
+                           backend_by_dataset={d: backend for d in p.generation.backend_by_dataset})
         if workers is not None or address is not None:
             given = {"workers": workers, "address": address}
             p = p.override("generation", ray={k: v for k, v in given.items() if v is not None})

@@ -151,9 +151,15 @@ class VLLMConfig:
         _check(self.cpu_kv_cache_gib >= 1, f"{key}.cpu_kv_cache_gib", "an integer >= 1 (GiB)")
 
 
+BackendName = Literal["llamacpp", "llamaserver", "openai", "vllm"]
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
-    backend: Literal["llamacpp", "llamaserver", "openai", "vllm"]
+    backend: BackendName
+    # a dataset generated (and read) with another engine than ``backend``: {} = every dataset with ``backend``.
+    # The engine is part of every node's key, so a dataset's nodes are read only under the engine named here.
+    backend_by_dataset: dict[str, BackendName]
     temperature: float
     seed: int
     n_ctx: int
@@ -345,6 +351,9 @@ class Params:
         for r in self.evaluate.ablations.reward:
             _check(r in ("per_step", "terminal") or r in self.presets, "evaluate.ablations.reward",
                    f"a list of per_step / terminal / preset names {sorted(self.presets)}")
+        for d in self.generation.backend_by_dataset:
+            _check(d in DATASETS or d in self.data.datasets, f"generation.backend_by_dataset.{d}",
+                   f"a built-in dataset {list(DATASETS)} or a custom one under data.datasets")
         for d in self.evaluate.cross_task:
             _check(d in DATASETS or d in self.data.datasets, "evaluate.cross_task",
                    f"a list of built-in datasets {list(DATASETS)} or custom ones under data.datasets")
@@ -370,6 +379,10 @@ class Params:
     def path(self, which: str) -> Path:
         p = Path(getattr(self.paths, which))
         return p if p.is_absolute() else (self.root / p)
+
+    def backend_for(self, dataset: str) -> str:
+        """The engine that generates a dataset's tree, and whose nodes are read as current."""
+        return self.generation.backend_by_dataset.get(dataset, self.generation.backend)
 
     def expert_names(self) -> list[str]:
         return [e.name for e in self.experts]

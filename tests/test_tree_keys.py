@@ -150,3 +150,35 @@ def test_generate_stats_are_json(project):
     p = params(project)
     prepare(p)
     json.dumps(run(p, "boolq"))
+
+
+def test_a_dataset_with_its_own_engine_is_made_and_read_under_that_engine(project, monkeypatch):
+    """generation.backend_by_dataset: `generate` starts each engine once and gives each dataset its own; readers
+    take a dataset's nodes only under the engine params name for it."""
+    from der_pipeline.generate import run as run_module
+
+    started = []
+
+    def fake_engine(cfg, name=None):
+        started.append(name)
+        return FakeBackend(cfg, name=name)
+
+    monkeypatch.setattr(run_module, "make_backend", fake_engine)
+    p = params(project, lambda r: r["generation"].update(backend_by_dataset={"hotpotqa": "llamaserver"}))
+    prepare(p)
+    stats = run_module.generate(p, ["boolq", "hotpotqa", "boolq"], progress=False)
+    assert started == ["llamacpp", "llamaserver"] and [s["nodes_generated"] for s in stats] == [N * 20, N * 20, 0]
+    assert {r["backend"] for r in artifacts.read_tree(p, "hotpotqa").nodes.to_pylist()} == {"llamaserver"}
+    assert {r["backend"] for r in artifacts.read_tree(p, "boolq").nodes.to_pylist()} == {"llamacpp"}
+    plain = params(project)  # without the override, hotpotqa's llama-server nodes are not current
+    read = artifacts.read_tree(plain, "hotpotqa")
+    assert read.nodes.num_rows == 0 and sum(read.stale.values()) == N * 20
+
+
+def test_backend_by_dataset_names_a_bad_dataset_or_engine(project):
+    from der_pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"generation.backend_by_dataset.mnist"):
+        params(project, lambda r: r["generation"].update(backend_by_dataset={"mnist": "vllm"}))
+    with pytest.raises(ConfigError, match=r"generation.backend_by_dataset.gsm8k"):
+        params(project, lambda r: r["generation"].update(backend_by_dataset={"gsm8k": "ollama"}))

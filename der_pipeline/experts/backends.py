@@ -465,7 +465,9 @@ BACKENDS: dict[str, type[Backend]] = {"llamacpp": LlamaCppBackend, "llamaserver"
                                       "openai": OpenAIBackend, "vllm": VLLMBackend}
 
 
-def make_backend(cfg: GenerationConfig) -> Backend:
-    if cfg.backend not in BACKENDS:
-        raise BackendError(f"generation.backend {cfg.backend!r} unknown; choose one of {sorted(BACKENDS)}")
-    return BACKENDS[cfg.backend](cfg)
+def make_backend(cfg: GenerationConfig, name: str | None = None) -> Backend:
+    """The engine ``name`` (default ``cfg.backend``; a dataset's is ``Params.backend_for``), configured by ``cfg``."""
+    name = name or cfg.backend
+    if name not in BACKENDS:
+        raise BackendError(f"generation.backend {name!r} unknown; choose one of {sorted(BACKENDS)}")
+    return BACKENDS[name](cfg)

@@ -42,15 +42,19 @@ class TreeWorker:
 
         threads = p.generation.ray.threads_per_worker
         self.p = p.override("generation", n_threads=threads)
-        self.backend = make_backend(self.p.generation)
+        self.engines = {self.p.generation.backend: make_backend(self.p.generation)}
 
     def pid(self) -> int:
         return os.getpid()
 
     def run(self, dataset: str, qids: list[str]) -> dict:
+        from der_pipeline.experts.backends import make_backend
         from der_pipeline.generate.run import generate_dataset
 
-        return generate_dataset(self.p, dataset, self.backend, progress=False, qids=qids, owner=False)
+        name = self.p.backend_for(dataset)  # a dataset with its own engine (generation.backend_by_dataset)
+        if name not in self.engines:
+            self.engines[name] = make_backend(self.p.generation, name)
+        return generate_dataset(self.p, dataset, self.engines[name], progress=False, qids=qids, owner=False)
 
 
 def _ray():

@@ -155,8 +155,16 @@ def _jobs(batch: list[dict], expert: ExpertSpec, hop: int, experts: list[ExpertS
 
 
 def generate(p: Params, datasets: list[str] | None = None, limit: int | None = None, progress: bool = True) -> list[dict]:
-    backend = make_backend(p.generation)
+    """Every dataset with its own engine (``Params.backend_for``): each engine started once, closed at the end."""
+    engines: dict[str, Backend] = {}
     try:
-        return [generate_dataset(p, ds, backend, limit=limit, progress=progress) for ds in (datasets or p.data.active())]
+        results = []
+        for ds in datasets or p.data.active():
+            name = p.backend_for(ds)
+            if name not in engines:
+                engines[name] = make_backend(p.generation, name)
+            results.append(generate_dataset(p, ds, engines[name], limit=limit, progress=progress))
+        return results
     finally:
-        backend.close()
+        for engine in engines.values():
+            engine.close()
