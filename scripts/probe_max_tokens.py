@@ -5,6 +5,12 @@ Prepares the sample into a temp folder (the repository's data/ is untouched) and
 
     python scripts/probe_max_tokens.py --dataset gsm8k --queries 8 --max-tokens 192,384 --expert qwen2.5-coder-0.5b
 
+To try a tighter instruction before editing der_pipeline/experts/prompts.py (a shorter answer is a cheaper
+tree: GSM8K's worked answers are most of its generation time):
+
+    python scripts/probe_max_tokens.py --dataset gsm8k --expert qwen2.5-coder-0.5b --max-tokens 256 \
+        --instruction "Solve the math problem in at most three short steps. End with a final line 'Answer: <number>'."
+
 Note: a number parser falls back to the last number in the text, so "parsed" alone says little for GSM8K;
 "cut off" (finish_reason 'length') is what shows a budget too small.
 """
@@ -32,6 +38,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--max-tokens", default="192,384", help="comma-separated budgets to try")
     ap.add_argument("--expert", action="append", required=True, help="repeatable")
+    ap.add_argument("--instruction", help="replace the answer type's instruction (chat and completion prompts) "
+                                          "and its format reminder for this probe only")
     args = ap.parse_args()
     raw = yaml.safe_load(pathlib.Path(args.params).read_text())
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="probe-"))
@@ -42,6 +50,12 @@ def main() -> None:
     p = load_params(tmp / "params.yaml")
     prepare_dataset(args.dataset, p)
     queries = load_prepared(p, args.dataset).to_pylist()
+    if args.instruction:
+        from der_pipeline.experts import prompts
+
+        kind = queries[0]["answer_type"]
+        prompts.INSTRUCTIONS[kind] = prompts.FORMAT_REMINDERS[kind] = args.instruction
+        print(f"instruction for {kind}: {args.instruction!r}")
     backend = make_backend(p.generation)
     for name in args.expert:
         expert = p.expert(name)
