@@ -4,6 +4,7 @@ One module owns the paths and the loaders, so a stage that reads another's outpu
 imports this, never the module that wrote it:
 
     data/prepared/<ds>.parquet          prepare   -> load_prepared
+    data/specialists/<ds>/<expert>.lora.gguf  finetune -> dataset_params (the pool a dataset's tree is made with)
     data/tree/<ds>/shard-*.parquet      generate  -> load_tree (current nodes of complete queries only)
     data/embeddings/<ds>/               embed     -> load_embeddings
     data/scores/<ds>/scores.parquet     score     -> load_scores
@@ -13,7 +14,9 @@ imports this, never the module that wrote it:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,39 @@ log = logging.getLogger(__name__)
 # paths --------------------------------------------------------------------
 def prepared_path(p: Params, dataset: str) -> Path:
     return p.path("data") / "prepared" / f"{dataset}.parquet"
+
+
+def specialist_dir(p: Params, dataset: str) -> Path:
+    return p.path("data") / "specialists" / dataset
+
+
+def adapter_path(p: Params, dataset: str) -> Path:
+    """The LoRA adapter (GGUF) of a dataset's specialist (params.yaml ``specialists``)."""
+    return specialist_dir(p, dataset) / f"{p.specialists[dataset].expert}.lora.gguf"
+
+
+def specialist_name(expert: str, dataset: str) -> str:
+    return f"{expert}-{dataset}-lora"
+
+
+def dataset_params(p: Params, dataset: str) -> Params:
+    """The params a dataset's tree is made and read with: the pool with the dataset's specialist (if any) in
+    its base expert's slot, named ``<expert>-<dataset>-lora``, with its adapter and, for the cost, the
+    adapter's parameters added (its f16 file holds two bytes per parameter). Every reader of a tree goes
+    through this, so a specialist's nodes are never mistaken for its base model's."""
+    spec = p.specialists.get(dataset)
+    if spec is None:
+        return p
+    path = adapter_path(p, dataset)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {dataset}'s specialist adapter is missing; run `der-pipeline finetune "
+                                f"-d {dataset}` (or `dvc repro finetune`)")
+    experts = [dataclasses.replace(e, name=specialist_name(e.name, dataset), adapter=str(path),
+                                   params_b=e.params_b + os.path.getsize(path) / 2 / 1e9)
+               if e.name == spec.expert else e for e in p.experts]
+    order = [specialist_name(n, dataset) if n == spec.expert else n for n in p.evaluate.round_robin_order]
+    return dataclasses.replace(p, experts=experts,
+                               evaluate=dataclasses.replace(p.evaluate, round_robin_order=order))
 
 
 def tree_dir(p: Params, dataset: str) -> Path:
@@ -142,6 +178,7 @@ class TreeRead:
 
 def read_tree(p: Params, dataset: str) -> TreeRead:
     """The current nodes of every prepared query whose 20-node tree is complete. Pure: changes no file."""
+    p = dataset_params(p, dataset)
     folder = tree_dir(p, dataset)
     store = TreeStore(folder)
     if not store.shards():
@@ -167,6 +204,7 @@ def read_tree(p: Params, dataset: str) -> TreeRead:
 
 def load_tree(p: Params, dataset: str) -> tuple[pa.Table, pa.Table]:
     """(prepared queries with a complete current tree, their nodes), both sorted by qid then path."""
+    p = dataset_params(p, dataset)
     read = read_tree(p, dataset)
     if read.prepared.num_rows == 0:
         raise ValueError(f"{dataset}: no query has a complete current {len(expected_paths(p.expert_names()))}-node "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from der_pipeline.artifacts import policy_path
+from der_pipeline.artifacts import policy_path, dataset_params
 from der_pipeline.config import Params
 from der_pipeline.data.sources import answer_type_of
 from der_pipeline.router.live import LiveRouter, Policy, Step
@@ -11,6 +11,7 @@ from der_pipeline.signals.metrics import TASK_METRIC
 
 
 def ask(p: Params, dataset: str, question: str, context: str, echo: Callable[[str], None] = print) -> dict:
+    p = dataset_params(p, dataset)
     policy = Policy.load(policy_path(p, dataset), p.expert_names())
     live = LiveRouter(p, answer_type_of(p, dataset))
     cost = 0.0

@@ -18,7 +18,7 @@ from der_pipeline.config import ConfigError, Params, load_params
 app = typer.Typer(
     help="Dynamic Ensemble Reasoning over small local LLMs: precompute every 2-hop expert path, "
          "score it, then train and evaluate a PPO router offline. Stages in order: "
-         "prepare -> generate -> confidence, embed, score -> train, tune -> evaluate, curves, ablate, cross-task "
+         "prepare (, finetune) -> generate -> confidence, embed, score -> train, tune -> evaluate, curves, ablate, cross-task "
          "(-> report).",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -89,6 +89,33 @@ def prepare(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt)
         t = load_prepared(p, name)
         splits = t["split"].to_pylist()
         typer.echo(f"{name}: {t.num_rows} queries (train {splits.count('train')}, test {splits.count('test')}) -> {path}")
+
+
+@app.command()
+def finetune(params: Path = ParamsOpt,
+             dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d", help="only this dataset's specialist "
+                                                         "(repeatable); default: every one under specialists"),
+             progress: bool = typer.Option(True, help="show a progress bar")) -> None:
+    """Train each dataset's specialist (params.yaml `specialists`): a cheap expert fine-tuned with LoRA on the
+    task's own training file, written as a llama.cpp adapter to data/specialists/<dataset>/. On that dataset the
+    specialist takes its base expert's slot in the pool, under the name <expert>-<dataset>-lora; `generate`
+    then makes its nodes. An unchanged recipe (settings, base model, examples) keeps the adapter already
+    there; a killed run starts again (README: Specialists)."""
+    p = _load(params)
+    chosen = dataset or sorted(p.specialists)
+    for ds in chosen:
+        if ds not in p.specialists:
+            _fail(ValueError(f"--dataset {ds!r}: no specialist declared for it; specialists has "
+                             f"{sorted(p.specialists)}"))
+    from der_pipeline.specialists.finetune import finetune as run, write_manifest
+
+    write_manifest(p, prune=not dataset)
+    for ds in chosen:
+        try:
+            log = run(p, ds, progress=progress)
+        except _user_errors() + (RuntimeError,) as exc:
+            _fail(exc)
+        typer.echo(json.dumps({k: v for k, v in log.items() if k != "loss"}))
 
 
 @app.command()
@@ -358,7 +385,7 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
 
     import uvicorn
 
-    from der_pipeline.artifacts import policy_path
+    from der_pipeline.artifacts import dataset_params, policy_path
     from der_pipeline.data.sources import answer_type_of
     from der_pipeline.router.live import LiveRouter, Policy
     from der_pipeline.serve.app import create_app
@@ -369,6 +396,7 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
         _fail(ValueError(f"--dataset {dataset!r}: unknown; one of {sorted(p.data.datasets)} (data.datasets)"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        p = dataset_params(p, dataset)  # the pool this dataset's policy was trained on (its specialist, if any)
         names = p.expert_names()
         default = Policy.load(policy_path(p, dataset), names)
         extra = [Policy.load(path, names) for path in policy or []]

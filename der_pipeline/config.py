@@ -4,7 +4,7 @@ Every key is checked: a missing, unknown or ill-typed key fails with a
 ``ConfigError`` that names the dotted key and what is allowed there. No key
 has a default in code (params.yaml is the single source of truth), except the
 few marked optional, whose absence means "not set" (an expert's
-``cost_per_call``, the ``presets``). Every change made after loading (CLI
+``cost_per_call`` and ``adapter``, the ``presets``). Every change made after loading (CLI
 flags, presets, ablation settings) goes through ``Params.override``, which
 validates like the loader does.
 """
@@ -22,6 +22,8 @@ import yaml
 
 ANSWER_TYPES = ("yes_no", "span", "number", "summary", "sentiment")
 DATASETS = ("boolq", "hotpotqa", "gsm8k", "xsum", "sst2", "squad")
+# built-in datasets whose source has a training file disjoint from the tree's queries (a specialist learns from it)
+DATASETS_WITH_TRAIN_FILE = ("sst2",)
 
 
 class ConfigError(ValueError):
@@ -87,13 +89,36 @@ class ExpertSpec:
     params_b: float  # parameters in billions, for the FLOPs cost estimate
     chat: bool  # chat template (instruct models) or completion prompt (base models)
     cost_per_call: float | None = None  # optional: fixed GFLOPs per call, overriding the estimate
+    adapter: str | None = None  # optional: a LoRA adapter (.gguf) llama.cpp applies on top of the model
 
     def validate(self, key: str) -> None:
         _check(bool(self.name) and ">" not in self.name, f"{key}.name", "a non-empty name without '>'")
+        _check(self.adapter is None or (self.adapter.endswith(".gguf") and not self.source.startswith("openai:")),
+               f"{key}.adapter", "a LoRA adapter .gguf path on a GGUF expert (not an openai: one), or no key")
         _check(self.params_b > 0, f"{key}.params_b", "a positive number of parameters in billions")
         _check(bool(self.source), f"{key}.source", "'package:<name>', a .gguf path or 'openai:<model id>'")
         _check(self.cost_per_call is None or self.cost_per_call >= 0, f"{key}.cost_per_call",
                "a number of GFLOPs >= 0, or no key")
+
+
+@dataclass(frozen=True)
+class SpecialistSpec:
+    """A cheap expert fine-tuned with LoRA on a dataset's training file (README: Specialists)."""
+
+    expert: str  # the pool's expert it starts from; on this dataset the specialist takes its slot
+    train_examples: int  # examples drawn (seeded) from the training file
+    rank: int  # LoRA rank, on every linear layer
+    lora_alpha: float
+    learning_rate: float
+    batch_size: int
+    seed: int
+
+    def validate(self, key: str) -> None:
+        _check(self.train_examples >= 1, f"{key}.train_examples", "an integer >= 1")
+        _check(self.rank >= 1, f"{key}.rank", "an integer >= 1")
+        _check(self.lora_alpha > 0, f"{key}.lora_alpha", "a positive number")
+        _check(0 < self.learning_rate < 1, f"{key}.learning_rate", "a number in (0, 1)")
+        _check(self.batch_size >= 1, f"{key}.batch_size", "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -323,6 +348,7 @@ class Params:
     paths: Paths
     data: DataConfig
     experts: list[ExpertSpec]
+    specialists: dict[str, SpecialistSpec]  # dataset -> the LoRA specialist that takes an expert's slot there
     generation: GenerationConfig
     signals: SignalsConfig
     reward: RewardConfig
@@ -339,6 +365,15 @@ class Params:
         _check(len(set(names)) == len(names), "experts", "experts with distinct names")
         for i, e in enumerate(self.experts):
             e.validate(f"experts[{i}]")
+        for d, spec in self.specialists.items():
+            key = f"specialists.{d}"
+            _check(d in DATASETS_WITH_TRAIN_FILE, key,
+                   f"a built-in dataset with a training file {list(DATASETS_WITH_TRAIN_FILE)}")
+            spec.validate(key)
+            _check(spec.expert in names, f"{key}.expert", f"a name from experts: {names}")
+            base = self.expert(spec.expert)
+            _check(not base.source.startswith("openai:") and base.adapter is None, f"{key}.expert",
+                   "a GGUF expert without an adapter of its own")
         self.generation.validate("generation")
         self.signals.validate("signals")
         self.reward.validate("reward")

@@ -33,6 +33,7 @@ def write_params(tmp_path, n=3, chunk=1, experts=SMALL_POOL, **generation):
     raw["paths"].update(source_data=str(SHARED_DATA), data=str(tmp_path / "data"))
     raw["data"]["datasets"] = {"boolq": {"sample": n}}
     raw["experts"] = experts
+    raw["specialists"] = {}  # generation under test here; specialists in test_specialist_real.py
     raw["evaluate"]["round_robin_order"] = [experts[0]["name"], experts[1]["name"]]
     raw["generation"]["chunk_queries"] = chunk
     for k, v in generation.items():

@@ -46,6 +46,8 @@ def small_params(raw):
                                "squad": {"sample": N_SQUAD},
                                "mine": {"sample": 2, "source": "mine.jsonl", "answer_type": "span"}}
     raw["data"]["test_fraction"] = 0.5
+    # SST-2's specialist on a one-step recipe (the same as test_specialist_real's: its trained adapter is reused)
+    raw["specialists"]["sst2"].update(train_examples=8, rank=4, lora_alpha=8, learning_rate=0.01, batch_size=8)
     # shorter prompts and answers keep the suite under its budget: the chain, not the answers, is under test
     raw["data"]["max_context_chars"] = 300
     raw["generation"]["max_tokens"].update(number=32, summary=16)  # GSM8K's worked answers are cut short here
@@ -120,6 +122,10 @@ def test_the_new_tasks_and_a_custom_dataset_run_the_whole_chain(project, dataset
     assert m["metric"] == metric and m["test_queries"] + m["train_queries"] == n and m["test_queries"] >= 1
     sc = read_table(project / "data" / "scores" / dataset / "scores.parquet", SCORES)
     assert sc.num_rows == n * 20 and set(sc["task_metric"].to_pylist()) == {metric}
+    if dataset == "sst2":  # its specialist (the `finetune` stage's adapter) answered in smollm2-135m's slot
+        paths = set(read_tree(p, dataset).nodes["path"].to_pylist())
+        assert "smollm2-135m-sst2-lora" in paths and "smollm2-135m" not in paths
+        assert (project / "data" / "specialists" / "sst2" / "smollm2-135m.lora.gguf").stat().st_size > 1000
     if dataset == "sst2":  # the answer is a label: parsed as positive / negative, with its label mass
         assert set(sc["parsed_answer"].to_pylist()) <= {"positive", "negative", ""}
         conf = TreeStore(project / "data" / "confidence" / "sst2", CONFIDENCE).read()

@@ -36,6 +36,11 @@ SOURCES: dict[str, SourceFile] = {
                          "answer_starts": list}),
 }
 
+# Training files, disjoint from the files above: what a specialist (params.yaml ``specialists``) learns from.
+TRAIN_SOURCES: dict[str, SourceFile] = {
+    "sst2": SourceFile("sst2", "sst2/train.jsonl", {"idx": int, "sentence": str, "label": int}),
+}
+
 
 # The answer type each dataset's prepared queries carry (prompts and metrics follow it).
 ANSWER_TYPE = {"boolq": "yes_no", "hotpotqa": "span", "gsm8k": "number", "xsum": "summary", "sst2": "sentiment",
@@ -112,23 +117,25 @@ def read_custom(path: Path, answer_type: str) -> Iterator[tuple[int, dict[str, A
         yield lineno, rec
 
 
-def source_path(source_dir: Path, dataset: str) -> Path:
-    if dataset not in SOURCES:
-        raise SourceError(f"unknown dataset {dataset!r}; known: {sorted(SOURCES)}")
-    path = Path(source_dir) / SOURCES[dataset].relpath
+def source_path(source_dir: Path, dataset: str, train: bool = False) -> Path:
+    table = TRAIN_SOURCES if train else SOURCES
+    if dataset not in table:
+        raise SourceError(f"unknown dataset {dataset!r}; known{' with a training file' if train else ''}: "
+                          f"{sorted(table)}")
+    path = Path(source_dir) / table[dataset].relpath
     if not path.exists():
         raise SourceError(
             f"{dataset}: raw file not found at {path.resolve()}. The benchmark files live in the shared "
             f"data folder beside the repository (see its README.md); set paths.source_data in params.yaml "
-            f"to the folder that holds '{SOURCES[dataset].relpath}'."
+            f"to the folder that holds '{table[dataset].relpath}'."
         )
     return path
 
 
-def read_records(source_dir: Path, dataset: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) for every validated record of ``dataset``."""
-    spec = SOURCES[dataset]
-    path = source_path(source_dir, dataset)
+def read_records(source_dir: Path, dataset: str, train: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for every validated record of ``dataset`` (its training file if ``train``)."""
+    spec = (TRAIN_SOURCES if train else SOURCES)[dataset]
+    path = source_path(source_dir, dataset, train)
     for lineno, rec in json_objects(path):
         for name, tp in spec.required.items():
             if name not in rec:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from der_pipeline.config import Params
-from der_pipeline.artifacts import results_dir
+from der_pipeline.artifacts import results_dir, dataset_params
 from der_pipeline.evaluate.common import DatasetSplit, der_policies, load_split, public, summarize, with_ppo, with_reward
 from der_pipeline.io import atomic_write_bytes, write_json
 
@@ -53,6 +53,7 @@ def bertscore_evidence(split: DatasetSplit, thresholds: list[float]) -> dict:
 
 
 def ablate_dataset(p: Params, dataset: str) -> dict:
+    p = dataset_params(p, dataset)
     split = load_split(p, dataset)
     tables: dict[str, list[dict]] = {}
     seen: dict[tuple, dict] = {}  # rows of different tables can share settings (e.g. "terminal"): train once

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from der_pipeline.artifacts import load_policy, policy_path
+from der_pipeline.artifacts import load_policy, policy_path, dataset_params
 from der_pipeline.config import Params
 from der_pipeline.evaluate.stats import bootstrap_ci, mean_std
 from der_pipeline.router.arrays import TreeArrays, build_arrays, cost_scale, split_arrays
@@ -28,6 +28,7 @@ class DatasetSplit:
 
 
 def load_split(p: Params, dataset: str) -> DatasetSplit:
+    p = dataset_params(p, dataset)
     arrays, splits = build_arrays(p, dataset)
     train, test = split_arrays(arrays, splits)
     return DatasetSplit(dataset, train, test, cost_scale(train))

@@ -17,7 +17,7 @@ import numpy as np
 from der_pipeline.config import Params
 from der_pipeline.data.sources import answer_type_of
 from der_pipeline.signals.metrics import TASK_METRIC
-from der_pipeline.artifacts import results_dir
+from der_pipeline.artifacts import results_dir, dataset_params
 from der_pipeline.evaluate.common import der_policies, load_split, with_reward
 from der_pipeline.evaluate.names import expert_of, method_label
 from der_pipeline.evaluate.frontier import aiq, apgr, cpt
@@ -37,6 +37,7 @@ def _point(w: np.ndarray, test: TreeArrays, scale: float) -> tuple[float, float]
 
 
 def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
+    p = dataset_params(p, dataset)
     split = load_split(p, dataset)
     train, test, scale = split.train, split.test, split.scale
     rows: list[dict] = []  # one per (method, alpha, seed)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import polars as pl
 
 from der_pipeline.config import Params
-from der_pipeline.artifacts import expected_paths, load_scores, read_tree
+from der_pipeline.artifacts import expected_paths, load_scores, read_tree, dataset_params
 
 
 def path_summary(p: Params, dataset: str) -> pl.DataFrame:
+    p = dataset_params(p, dataset)
     df = pl.from_arrow(load_scores(p, dataset))
     return (df.with_columns(parsed=(pl.col("parsed_answer").str.len_chars() > 0).cast(pl.Float64))
               .group_by("path").agg(pl.len().alias("n"), pl.col("task_score").mean().alias("score"),
@@ -24,6 +25,7 @@ def path_summary(p: Params, dataset: str) -> pl.DataFrame:
 
 
 def render_matrix(p: Params, dataset: str, summary: pl.DataFrame, column: str) -> str:
+    p = dataset_params(p, dataset)
     vals = dict(zip(summary["path"].to_list(), summary[column].to_list()))
     return _matrix(p, vals, ".3f")
 
@@ -40,6 +42,7 @@ def _matrix(p: Params, vals: dict, fmt: str) -> str:
 
 
 def inspect(p: Params, dataset: str) -> str:
+    p = dataset_params(p, dataset)
     tree = read_tree(p, dataset)
     stale = {path: tree.stale.get(path, 0) for path in expected_paths(p.expert_names())}
     out = (f"### {dataset}: tree\n\n{tree.prepared.num_rows} queries with a complete current tree, "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from der_pipeline.config import Params
 from der_pipeline.evaluate.run import render_comparisons, render_table
+from der_pipeline.artifacts import dataset_params
 
 START = "<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->"
 END = "<!-- results:end -->"
@@ -49,6 +50,7 @@ def table1_block(outs: list[dict]) -> list[str]:
 
 def tree_block(p: Params, dataset: str) -> list[str]:
     """The scored tree itself: mean task score of every path (first expert x refining expert)."""
+    p = dataset_params(p, dataset)
     from der_pipeline.evaluate.inspect_tree import path_summary, render_matrix
 
     try:

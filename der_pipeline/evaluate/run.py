@@ -7,7 +7,7 @@ Claims are checked with a paired bootstrap over the same test queries.
 """
 from __future__ import annotations
 
-from der_pipeline.artifacts import load_train_summary, results_dir
+from der_pipeline.artifacts import load_train_summary, results_dir, dataset_params
 from der_pipeline.config import Params
 from der_pipeline.data.sources import answer_type_of
 from der_pipeline.evaluate.common import load_split, public, saved_policies, summarize
@@ -22,6 +22,7 @@ SECONDARY_LABEL = {"exact_match": "EM", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2"
 
 
 def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
+    p = dataset_params(p, dataset)
     split = load_split(p, dataset)
     train, test = split.train, split.test
     methods: dict[str, dict] = {}
@@ -82,6 +83,7 @@ def signal_auroc(train) -> dict:
 def training_summary(p: Params, dataset: str) -> list[dict]:
     """Per seed: the iteration PPO kept on the validation fold, its validation return, and the untrained
     policy's (iteration 0), from the train stage's summary."""
+    p = dataset_params(p, dataset)
     return [{k: s.get(k) for k in ("seed", "iterations", "selected_iteration", "best_val_return",
                                    "untrained_val_return")} for s in load_train_summary(p, dataset)["seeds"]]
 

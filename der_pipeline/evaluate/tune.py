@@ -14,7 +14,7 @@ import itertools
 
 import numpy as np
 
-from der_pipeline.artifacts import results_dir
+from der_pipeline.artifacts import results_dir, dataset_params
 from der_pipeline.config import Params
 from der_pipeline.evaluate.common import load_split
 from der_pipeline.evaluate.stats import mean_std
@@ -39,6 +39,7 @@ def _utility(w: np.ndarray, arrays, scale: float, alpha: float) -> tuple[float, 
 
 
 def tune_dataset(p: Params, dataset: str) -> dict:
+    p = dataset_params(p, dataset)
     split = load_split(p, dataset)
     fit, val = validation_fold(split.train, p.ppo.val_fraction)
     if val is None:  # ppo.val_fraction is 0, or the train split is too small to hold a fold out

@@ -29,7 +29,7 @@ from der_pipeline.config import ExpertSpec, GenerationConfig
 from der_pipeline.experts.confidence import (AnswerConfidence, answer_confidence, confidence_after,
                                              from_token_logprobs)
 from der_pipeline.experts.keys import served_model_id
-from der_pipeline.experts.models import expert_model_path
+from der_pipeline.experts.models import ModelNotFoundError, expert_model_path
 from der_pipeline.experts.prompts import Prompt
 
 
@@ -88,7 +88,7 @@ class LlamaCppBackend(Backend):
             # n_threads_batch too: llama-cpp-python's default is every core, which thrashes when workers share them
             self._models[expert.name] = Llama(model_path=str(path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
                                               n_threads_batch=self.cfg.n_threads, n_batch=512, seed=self.cfg.seed,
-                                              verbose=False)
+                                              lora_path=adapter_file(expert), verbose=False)
         return self._models[expert.name]
 
     def generate(self, expert: ExpertSpec, prompts: list[Prompt]) -> Iterator[Completion]:
@@ -160,6 +160,9 @@ class OpenAIBackend(Backend):
         return served_model_id(expert)
 
     def _client_for(self, expert: ExpertSpec):
+        if expert.adapter:
+            raise BackendError(f"{expert.name}: a LoRA adapter needs the llamacpp or llamaserver engine; a server "
+                               "behind generation.openai serves its own models")
         return self.client
 
     def _create(self, expert: ExpertSpec, p: Prompt) -> tuple[str, object]:
@@ -284,6 +287,8 @@ class LlamaServerBackend(OpenAIBackend):
         cmd = [str(self.binary), "-m", str(expert_model_path(expert)), "--host", "127.0.0.1", "--port", str(port),
                "-np", str(ls.slots), "-c", str(g.n_ctx * ls.slots), "-t", str(g.n_threads), "-tb", str(g.n_threads),
                "--seed", str(g.seed), "--no-webui", "-a", expert.name]
+        if expert.adapter:
+            cmd += ["--lora", adapter_file(expert)]
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     preexec_fn=_die_with_parent)
@@ -374,6 +379,8 @@ class VLLMBackend(Backend):
 
         from der_pipeline.experts.hf_export import hf_folder
 
+        if expert.adapter:
+            raise BackendError(f"{expert.name}: a LoRA adapter needs the llamacpp or llamaserver engine, not vllm")
         if expert.name in self._loaded:
             return self._loaded[expert.name]
         if self.device == "cuda":
@@ -463,6 +470,16 @@ def vllm_token_logprobs(output) -> list[tuple[str, float, dict[str, float]]] | N
 
 BACKENDS: dict[str, type[Backend]] = {"llamacpp": LlamaCppBackend, "llamaserver": LlamaServerBackend,
                                       "openai": OpenAIBackend, "vllm": VLLMBackend}
+
+
+def adapter_file(expert: ExpertSpec) -> str | None:
+    """The expert's LoRA adapter as a path llama.cpp can open (None: no adapter)."""
+    if expert.adapter is None:
+        return None
+    if not Path(expert.adapter).is_file():
+        raise ModelNotFoundError(f"{expert.name}: its LoRA adapter {expert.adapter} is missing; run "
+                                 "`der-pipeline finetune` (README: Specialists)")
+    return str(expert.adapter)
 
 
 def make_backend(cfg: GenerationConfig, name: str | None = None) -> Backend:

@@ -11,14 +11,17 @@ or a model therefore changes the key, and the node is regenerated; a node from
 another backend or model never stands in for this one.
 
 The model fingerprint is the GGUF's SHA-256 (known from the package for the
-packaged pool, so readers need no model file), or ``served:<id>`` behind an
-OpenAI-compatible server, where only the served id is known.
+packaged pool, so readers need no model file), with the SHA-256 of its LoRA
+adapter appended where it has one (a specialist: its nodes are never its base
+model's), or ``served:<id>`` behind an OpenAI-compatible server, where only the
+served id is known.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+from pathlib import Path
 
 from der_pipeline.config import ExpertSpec, Params
 from der_pipeline.experts.models import PACKAGED, expert_model_path, file_fingerprint
@@ -34,11 +37,12 @@ def served_model_id(expert: ExpertSpec) -> str:
 def gguf_fingerprint(expert: ExpertSpec) -> str:
     """'sha256:<first 16 hex digits>' of an expert's GGUF (the package's pinned hash, which loading verifies,
     when it has one; otherwise the file's own hash, memoised)."""
+    lora = "" if expert.adapter is None else f"+lora:{file_fingerprint(Path(expert.adapter))[:16]}"
     if expert.source.startswith("package:"):
         spec = PACKAGED.get(expert.source.removeprefix("package:"))
         if spec is not None and spec.sha256:
-            return f"sha256:{spec.sha256[:16]}"
-    return f"sha256:{file_fingerprint(expert_model_path(expert))[:16]}"
+            return f"sha256:{spec.sha256[:16]}{lora}"
+    return f"sha256:{file_fingerprint(expert_model_path(expert))[:16]}{lora}"
 
 
 def model_fingerprint(expert: ExpertSpec, backend: str) -> str:

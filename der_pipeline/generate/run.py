@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from der_pipeline.artifacts import current_nodes, expected_paths, load_prepared, tree_dir
+from der_pipeline.artifacts import current_nodes, expected_paths, load_prepared, tree_dir, dataset_params
 from der_pipeline.config import ExpertSpec, Params
 from der_pipeline.experts.backends import Backend, make_backend
 from der_pipeline.experts.confidence import AnswerConfidence
@@ -70,6 +70,7 @@ def generate_dataset(p: Params, dataset: str, backend: Backend, limit: int | Non
 
     ``owner``: this process is the store's only writer, so it cleans up first and compacts the shards
     at the end; a Ray worker (generate/distributed.py) is not: it only appends shards of its own."""
+    p = dataset_params(p, dataset)
     queries = dataset_queries(p, dataset, limit)
     if qids is not None:
         wanted = set(qids)

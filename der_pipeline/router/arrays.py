@@ -23,6 +23,7 @@ import numpy as np
 
 from der_pipeline.config import Params, RewardConfig
 from der_pipeline.schemas import SECONDARY_METRICS, join_path
+from der_pipeline.artifacts import dataset_params
 
 
 @dataclass
@@ -126,14 +127,18 @@ def path_index(n: int, first: int, second: int | None = None, fresh: bool = Fals
 
 
 def concat_arrays(parts: list[TreeArrays]) -> TreeArrays:
-    """Several datasets' arrays as one (same experts, same embedder): the cross-task mixture."""
+    """Several datasets' arrays as one (same number of experts, same embedder): the cross-task mixture.
+
+    An action calls an expert slot. Where a dataset has a specialist (params.yaml ``specialists``) the
+    slot of its base expert is the specialist there, and the mixture names that slot by both ("a/b")."""
     first = parts[0]
     for a in parts[1:]:
-        if a.experts != first.experts or a.q_emb.shape[1] != first.q_emb.shape[1]:
-            raise ValueError("cross-task: every dataset needs the same experts and embedding size")
+        if a.n_experts != first.n_experts or a.q_emb.shape[1] != first.q_emb.shape[1]:
+            raise ValueError("cross-task: every dataset needs the same number of experts and embedding size")
+    slots = [list(dict.fromkeys(a.experts[i] for a in parts)) for i in range(first.n_experts)]
     fields = {k: np.concatenate([getattr(a, k) for a in parts]) for k, v in first.__dict__.items()
               if isinstance(v, np.ndarray)}
-    return replace(first, qids=[q for a in parts for q in a.qids], **fields)
+    return replace(first, qids=[q for a in parts for q in a.qids], experts=["/".join(s) for s in slots], **fields)
 
 
 def call_costs(arrays: TreeArrays, unit: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +169,7 @@ def build_arrays(p: Params, dataset: str) -> tuple[TreeArrays, list[str]]:
 
     Costs are computed here from each call's tokens and the current params (experts/cost.py), never
     read from the tree, so a change of ``params_b`` or ``cost_per_call`` needs no regeneration."""
+    p = dataset_params(p, dataset)
     from der_pipeline.artifacts import load_confidence, load_embeddings, load_scores, load_tree
     from der_pipeline.experts.cost import call_cost
 

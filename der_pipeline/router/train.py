@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from der_pipeline.artifacts import model_dir
+from der_pipeline.artifacts import model_dir, dataset_params
 from der_pipeline.config import Params
 from der_pipeline.io import write_json
 from der_pipeline.router.arrays import build_arrays, cost_scale, split_arrays
@@ -57,6 +57,7 @@ def plot_training(history: list[dict], path: Path, title: str) -> None:
 
 def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
     """One policy per seed in ``seeds``: <out>/seed-<s>/{policy.pt, train_log.jsonl, training_curve.png}."""
+    p = dataset_params(p, dataset)
     t0 = time.perf_counter()
     arrays, splits = build_arrays(p, dataset)
     train, _ = split_arrays(arrays, splits)

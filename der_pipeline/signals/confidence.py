@@ -15,7 +15,7 @@ import time
 
 from tqdm import tqdm
 
-from der_pipeline.artifacts import confidence_dir, read_tree
+from der_pipeline.artifacts import confidence_dir, read_tree, dataset_params
 from der_pipeline.config import Params
 from der_pipeline.experts.backends import LlamaCppBackend
 from der_pipeline.experts.keys import render_prompt
@@ -29,6 +29,7 @@ FLUSH_EVERY_S = 20.0
 
 
 def confidence_dataset(p: Params, dataset: str, progress: bool = True) -> dict:
+    p = dataset_params(p, dataset)
     tree = read_tree(p, dataset)
     store = TreeStore(confidence_dir(p, dataset), CONFIDENCE)
     store.folder.mkdir(parents=True, exist_ok=True)

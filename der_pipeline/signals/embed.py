@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from der_pipeline.artifacts import embeddings_path, load_tree
+from der_pipeline.artifacts import embeddings_path, load_tree, dataset_params
 from der_pipeline.config import Params
 from der_pipeline.experts.models import embedder_path
 from der_pipeline.io import write_json, write_table
@@ -43,6 +43,7 @@ def encode(texts: list[str], p: Params) -> np.ndarray:
 
 
 def embed(p: Params, dataset: str) -> dict:
+    p = dataset_params(p, dataset)
     t0 = time.perf_counter()
     prepared, tree = load_tree(p, dataset)
     q_texts = [query_text(q, c) for q, c in zip(prepared["question"].to_pylist(), prepared["context"].to_pylist())]

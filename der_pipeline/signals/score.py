@@ -13,7 +13,7 @@ import time
 
 import pyarrow as pa
 
-from der_pipeline.artifacts import load_tree, scores_path
+from der_pipeline.artifacts import load_tree, scores_path, dataset_params
 from der_pipeline.config import Params
 from der_pipeline.experts.models import embedder_path
 from der_pipeline.io import write_table
@@ -38,6 +38,7 @@ def bertscore_f1(candidates: list[str], references: list[str], p: Params) -> lis
 
 
 def score(p: Params, dataset: str) -> dict:
+    p = dataset_params(p, dataset)
     t0 = time.perf_counter()
     prepared, tree = load_tree(p, dataset)
     by_qid = {r["qid"]: r for r in prepared.to_pylist()}
