@@ -67,6 +67,19 @@ def test_the_best_fixed_path_and_learning_findings():
     assert "kept PPO iterations (12 of 40) reach a mean validation return of 0.900, against 0.500" in text
 
 
+def test_a_higher_score_at_a_higher_cost_than_the_best_fixed_path_shows_the_rewards_trade_off():
+    out = results(0.85, 60.0, rr_p=0.3, best_p=0.01)
+    out["methods"]["der"]["cost_norm"] = 0.6
+    out["methods"]["best_fixed"] = {**method(0.80, 30.0), "cost_norm": 0.3, "chosen": "small"}
+    text = " ".join(dataset_findings(out))
+    # 0.85 - 0.1 x 0.6 = 0.790 against 0.80 - 0.1 x 0.3 = 0.770
+    assert "DER misses it (score +0.050, cost 2.00x)" in text
+    assert "score - 0.1 x normalised cost is 0.790 for DER against 0.770 for the fixed path" in text
+    lower = results(0.75, 50.0, rr_p=0.3, best_p=0.01)
+    lower["methods"]["best_fixed"] = {**method(0.76, 40.0), "cost_norm": 0.4, "chosen": "small>big"}
+    assert "normalised cost" not in " ".join(dataset_findings(lower))  # a lower score: no trade-off to show
+
+
 def test_render_findings_lists_every_dataset():
     out = results(0.75, 50.0, 0.3, 0.01)
     lines = render_findings([out, {**out, "dataset": "other"}], {})

@@ -57,6 +57,8 @@ def small_params(raw):
     raw["evaluate"]["alpha_sweep"] = [0.0, 0.4]
     raw["evaluate"]["bootstrap"] = 100
     raw["evaluate"]["mlp_epochs"] = 50
+    # one reward form and one preset, two states: every kind of ablation row, fewer PPO runs
+    raw["evaluate"]["ablations"].update(reward=["terminal", "der-paper"], state=["query_answer_confidence", "confidence"])
     raw["evaluate"]["tune"] = {"state": ["query_answer_confidence", "confidence"], "form": ["per_step"],
                                "actions": ["ktp_and_fresh"], "learning_rate": [0.00025, 0.001]}
 
@@ -192,8 +194,8 @@ def test_curves_ablations_and_cross_task_outputs(project):
     assert f["strong"].startswith("single:") and f["weak"].startswith("single:")
     assert (project / "results" / "curves" / "boolq" / "cost_accuracy.png").stat().st_size > 5000
     a = json.loads((project / "results" / "ablate" / "hotpotqa" / "ablations.json").read_text())
-    assert [r["setting"] for r in a["tables"]["reward"]] == ["per_step", "terminal", "ktp-only", "proposal", "der-paper"]
-    states = ["query_answer_confidence", "query_answer", "confidence"]
+    assert [r["setting"] for r in a["tables"]["reward"]] == ["terminal", "der-paper"]
+    states = ["query_answer_confidence", "confidence"]
     forms = load_params(project / "params.yaml").evaluate.ablations.state_forms
     assert [r["setting"] for r in a["tables"]["state"]] == [s if len(forms) == 1 else f"{s}, {f}"
                                                             for f in forms for s in states]

@@ -50,7 +50,8 @@ def goal_findings(out: dict, frontier: dict | None = None) -> list[str]:
                      + ("DER matches it (within 0.01) at no more cost." if ok else
                         f"DER misses it (score {der['accuracy'] - fixed['accuracy']:+.3f}, cost "
                         f"{der['cost_gflops'] / fixed['cost_gflops']:.2f}x).")
-                     + (f" Paired test: {_vs(comp['best_fixed'])}." if "best_fixed" in comp else ""))
+                     + (f" Paired test: {_vs(comp['best_fixed'])}." if "best_fixed" in comp else "")
+                     + (_utility(out, der, fixed) if not ok and der["accuracy"] > fixed["accuracy"] else ""))
     training = [t for t in out.get("training", []) if t.get("untrained_val_return") is not None]
     if training:
         kept = sum(t["best_val_return"] for t in training) / len(training)
@@ -89,6 +90,17 @@ def goal_findings(out: dict, frontier: dict | None = None) -> list[str]:
                      f"is {shown}; {strong}'s is {best_auroc(strong)}. "
                      "A cheap answer can only be trusted as far as its confidence separates right from wrong.")
     return lines
+
+
+def _utility(out: dict, der: dict, fixed: dict) -> str:
+    """Where DER buys a higher score with more cost, the reward's own trade-off: score - alpha x cost (the cost
+    normalised as the reward normalises it), at DER's alpha."""
+    alpha = (out.get("der_settings") or {}).get("alpha")
+    if alpha is None or "cost_norm" not in der or "cost_norm" not in fixed:
+        return ""
+    u_der, u_fixed = der["accuracy"] - alpha * der["cost_norm"], fixed["accuracy"] - alpha * fixed["cost_norm"]
+    return (f" It pays more for a higher score: score - {alpha:g} x normalised cost is {u_der:.3f} for DER against "
+            f"{u_fixed:.3f} for the fixed path.")
 
 
 def _share(v: float | None) -> str:

@@ -18,7 +18,7 @@ How, every line visible:
 - one pass in seeded order, batches of ``batch_size`` (left-padded), AdamW at a constant
   ``learning_rate``;
 - the adapter converted by llama.cpp's own converter (specialists/lora_gguf.py) and written
-  atomically beside a ``train_log.json`` (the loss of every step, the time, the settings).
+  atomically beside a ``train_log.json`` (the loss of every step and the recipe; no timing, since it is tracked).
 
 The trained PEFT adapter is kept in the model cache (by the recipe's hash) before it is converted, so
 an interrupted conversion costs no training; a run killed while training leaves the previous adapter
@@ -124,8 +124,9 @@ def finetune(p: Params, dataset: str, progress: bool = True) -> dict:
         optimizer.zero_grad()
         losses.append(round(loss.item(), 5))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    # no timing in the log: it is a tracked output, and a rerun must leave it byte-identical
     log = {"dataset": dataset, "expert": expert.name, "adapter": adapter_path(p, dataset).name, "recipe": recipe,
-           "examples": len(examples), "steps": len(losses), "seconds": round(time.perf_counter() - t0, 1),
+           "examples": len(examples), "steps": len(losses),
            "trainable_params": sum(w.numel() for w in model.parameters() if w.requires_grad), "loss": losses}
     # the PEFT adapter is kept in the cache first, so an interrupted conversion does not cost the training
     tmp = trained.with_name(f".{trained.name}.{os.getpid()}.tmp")
@@ -133,7 +134,7 @@ def finetune(p: Params, dataset: str, progress: bool = True) -> dict:
     atomic_write_bytes(tmp / "train_log.json", (json.dumps(log, indent=1) + "\n").encode())
     shutil.rmtree(trained, ignore_errors=True)
     os.replace(tmp, trained)
-    return _write(p, dataset, trained, base, log, log_path)
+    return {**_write(p, dataset, trained, base, log, log_path), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _write(p: Params, dataset: str, trained: Path, base: Path, log: dict, log_path: Path) -> dict:

