@@ -67,7 +67,9 @@ def dataset_params(p: Params, dataset: str) -> Params:
                                    params_b=e.params_b + os.path.getsize(path) / 2 / 1e9)
                if e.name == spec.expert else e for e in p.experts]
     order = [specialist_name(n, dataset) if n == spec.expert else n for n in p.evaluate.round_robin_order]
-    return dataclasses.replace(p, experts=experts,
+    # the specialist is applied: its entry goes, so the result validates (and a second call changes nothing)
+    rest = {d: s for d, s in p.specialists.items() if d != dataset}
+    return dataclasses.replace(p, experts=experts, specialists=rest,
                                evaluate=dataclasses.replace(p.evaluate, round_robin_order=order))
 
 

@@ -76,6 +76,8 @@ def test_the_specialist_takes_its_base_experts_slot_on_its_dataset_only(project)
     assert q.evaluate.round_robin_order == [SPECIALIST if n == base.name else n
                                             for n in p.evaluate.round_robin_order]
     assert artifacts.dataset_params(q, "sst2") == q  # idempotent
+    assert q.override("reward", alpha=0.2).expert_names()[0] == SPECIALIST  # overrides validate (tune, ablate)
+    assert q.with_preset("der-paper").experts == q.experts
     assert artifacts.dataset_params(p, "boolq") is p
 
 

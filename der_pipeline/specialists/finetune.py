@@ -139,6 +139,7 @@ def finetune(p: Params, dataset: str, progress: bool = True) -> dict:
 
 def _write(p: Params, dataset: str, trained: Path, base: Path, log: dict, log_path: Path) -> dict:
     """Convert the trained PEFT adapter into the dataset's llama.cpp adapter, then write its log beside it."""
+    log = {k: v for k, v in log.items() if k != "seconds"}  # (logs of older runs carried one)
     specialist_dir(p, dataset).mkdir(parents=True, exist_ok=True)
     convert_adapter(trained, base, adapter_path(p, dataset))
     atomic_write_bytes(log_path, (json.dumps(log, indent=1) + "\n").encode())
