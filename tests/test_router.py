@@ -419,3 +419,17 @@ def test_bertscore_evidence_on_a_hand_made_tree():
     assert bertscore_evidence(DatasetSplit("toy", t, t, 1.0), [0.5])["spearman_with_task"] == pytest.approx(-1.0)
     t.bert1, t.bert2 = np.full_like(t.task1, 0.8), np.full_like(t.task2, 0.8)  # constant: no ranking at all
     assert bertscore_evidence(DatasetSplit("toy", t, t, 1.0), [0.5])["spearman_with_task"] is None
+
+
+def test_conf_features_carry_the_yes_no_margin():
+    from der_pipeline.router.arrays import CONF_FEATURES, conf_features
+
+    sure_no = dict(zip(CONF_FEATURES, conf_features({"yes_prob": 0.05, "first_prob": 0.9, "mean_logprob": -0.1,
+                                                     "min_logprob": -0.2, "answer_tokens": 2})))
+    toss = dict(zip(CONF_FEATURES, conf_features({"yes_prob": 0.5, "first_prob": 0.5, "mean_logprob": -0.7,
+                                                  "min_logprob": -0.7, "answer_tokens": 2})))
+    span = dict(zip(CONF_FEATURES, conf_features({"yes_prob": None, "first_prob": 0.6, "mean_logprob": -0.5,
+                                                  "min_logprob": -1.0, "answer_tokens": 64})))
+    assert sure_no["yes_margin"] == pytest.approx(0.9) and toss["yes_margin"] == 0.0
+    assert span["yes_prob"] == 0.5 and span["yes_margin"] == 0.0 and span["length"] == 1.0  # not a yes/no answer
+    assert conf_features(None) == [0.5, 0.0, 0.0, 0.0, 0.0, 0.0]  # no signals: no confidence either way

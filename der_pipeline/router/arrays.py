@@ -100,14 +100,22 @@ class TreeArrays:
                 + [f"{a}>fresh:{b}" for a in n for b in n])
 
 
-CONF_FEATURES = ("yes_prob", "first_prob", "mean_prob", "min_prob", "length")
+CONF_FEATURES = ("yes_prob", "first_prob", "mean_prob", "min_prob", "length", "yes_margin")
+
+
+def yes_margin(yes_prob):
+    """How sure a two-way answer is, whichever way it goes: |2 P(yes) - 1| (0 at a coin toss, 1 when certain;
+    0 where the answer is not yes/no, whose P(yes) reads 0.5). P(yes) itself is not monotone in certainty,
+    and a small policy network learns a threshold on this far more easily than a bump around 0.5."""
+    return abs(2 * yes_prob - 1)
 
 
 def conf_features(row: dict | None) -> list[float]:
     """A node's confidence as features in [0, 1]: P(yes) (0.5 where not a yes/no answer), the first token's
-    probability, the geometric-mean and the least token probability, and the length (tokens / 32, capped)."""
+    probability, the geometric-mean and the least token probability, the length (tokens / 32, capped) and
+    the yes/no margin (``yes_margin``)."""
     if row is None:
-        return [0.5, 0.0, 0.0, 0.0, 0.0]
+        return [0.5, 0.0, 0.0, 0.0, 0.0, 0.0]
     import math
 
     def prob(lp):
@@ -115,8 +123,9 @@ def conf_features(row: dict | None) -> list[float]:
 
     yes = row.get("yes_prob")
     first = row.get("first_prob")
-    return [0.5 if yes is None else float(yes), 0.0 if first is None else float(first), prob(row.get("mean_logprob")),
-            prob(row.get("min_logprob")), min((row.get("answer_tokens") or 0) / 32.0, 1.0)]
+    yes = 0.5 if yes is None else float(yes)
+    return [yes, 0.0 if first is None else float(first), prob(row.get("mean_logprob")),
+            prob(row.get("min_logprob")), min((row.get("answer_tokens") or 0) / 32.0, 1.0), yes_margin(yes)]
 
 
 def path_index(n: int, first: int, second: int | None = None, fresh: bool = False) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from der_pipeline.config import Params, RewardConfig
-from der_pipeline.router.arrays import TreeArrays, cost_scale, path_index
+from der_pipeline.router.arrays import TreeArrays, cost_scale, path_index, yes_margin
 from der_pipeline.router.env import VectorTreeEnv
 
 
@@ -210,7 +210,7 @@ class BestFixedPath(Router):
         return one_hot_paths(test, self.idx)
 
 
-CASCADE_SIGNALS = {"yes_margin": lambda c: np.abs(c[..., 0] - 0.5) * 2, "first_prob": lambda c: c[..., 1],
+CASCADE_SIGNALS = {"yes_margin": lambda c: yes_margin(c[..., 0]), "first_prob": lambda c: c[..., 1],
                    "mean_prob": lambda c: c[..., 2], "min_prob": lambda c: c[..., 3]}
 
 
