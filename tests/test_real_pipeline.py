@@ -51,6 +51,8 @@ def small_params(raw):
     # shorter prompts and answers keep the suite under its budget: the chain, not the answers, is under test
     raw["data"]["max_context_chars"] = 300
     raw["generation"]["max_tokens"].update(number=32, summary=16)  # GSM8K's worked answers are cut short here
+    # every dataset on the in-process engine: llama-server is built by `make setup-engines`, after this suite
+    raw["generation"]["backend_by_dataset"] = {}
     raw["ppo"]["total_timesteps"] = 4096  # two PPO iterations of 256 envs x 8 steps
     raw["ppo"]["eval_every"] = 1
     raw["seeds"] = SEEDS
