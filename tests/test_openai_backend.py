@@ -6,6 +6,7 @@ covers the same backend against a real model server, killed mid-run.
 """
 import json
 import math
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -141,6 +142,34 @@ def test_concurrent_requests_come_back_in_order_with_n_in_flight(server, repo_pa
     assert script.max_in_flight == 4
     assert time.perf_counter() - t0 < 8 * 0.3  # overlapped, not one after another
     assert all("logprobs" not in b for b in script.bodies)  # top_logprobs 0: not asked
+
+
+def test_a_stop_mid_batch_ends_each_stream_after_its_request_in_flight(server, repo_params):
+    """SIGTERM during a batch (a signal handler raising in the waiting thread, as resumable.py's does): the
+    queued prompts are not sent. They used to be: the pool's exit waited for every block to finish."""
+    class Stopped(Exception):
+        pass
+
+    def raise_stopped(*_):
+        raise Stopped
+
+    script, url = server
+    script.echo_delay = 0.3
+    backend, expert = backend_for(repo_params, url, concurrency=2)
+    prompts = [build_prompt(True, f"question {i}?", "", "yes_no", 4) for i in range(20)]
+    old = signal.signal(signal.SIGALRM, raise_stopped)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.45)  # during each stream's second request
+        t0 = time.perf_counter()
+        with pytest.raises(Stopped):
+            list(backend.generate(expert, prompts))
+        stopped_after = time.perf_counter() - t0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert stopped_after < 1.5  # the requests in flight finish; the 16 queued ones (2.4 s per stream) are dropped
+    time.sleep(0.5)
+    assert script.requests <= 6
 
 
 def test_server_logprobs_give_the_confidence_features(server, repo_params):

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -215,12 +216,23 @@ class OpenAIBackend(Backend):
         # Contiguous blocks, one per request stream: `generate` passes one query's refinements back to back, so
         # each stream's consecutive prompts share their prefix and the server's slot keeps it cached (llama-server
         # gives a request the idle slot whose cache matches it best). Results come back in order.
+        # A stop (Ctrl-C, SIGTERM, an error, the caller closing this generator) ends each stream after its request
+        # in flight: without the flag, the pool's exit would wait for every queued prompt of every block.
         size = -(-len(prompts) // self.concurrency)
         blocks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
-        with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
-            futures = [pool.submit(lambda b: [self._one(expert, p) for p in b], b) for b in blocks]
+        stop = threading.Event()
+
+        def stream(block: list[Prompt]) -> list[Completion]:
+            return [self._one(expert, p) for p in block if not stop.is_set()]
+
+        pool = ThreadPoolExecutor(max_workers=len(blocks))
+        try:
+            futures = [pool.submit(stream, b) for b in blocks]
             for f in futures:  # the first error raises
                 yield from f.result()
+        finally:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         self.client.close()
