@@ -38,6 +38,8 @@ def test_yes_no_that_commits_to_neither_is_wrong():
     ("Answer: -7\n\nCheck: 3 + 4 = 7", "-7"),
     ("the total is 40.0", "40"),
     ("no numbers here", ""),
+    ("Answer: " + "9" * 400, "9" * 400),  # a model looping on digits: past a float's range, compared exactly
+    ("Answer: " + "1" * 320 + ".50", "1" * 320 + ".5"),
 ])
 def test_parse_number(text, want):
     assert parse_number(text) == want

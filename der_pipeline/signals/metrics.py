@@ -19,10 +19,12 @@ ROUGE-2 F-measure for summaries. They are NaN where an answer type has none.
 """
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 TASK_METRIC = {"yes_no": "accuracy", "span": "f1", "number": "numeric_match", "summary": "rougeL",
                "sentiment": "accuracy"}
@@ -81,6 +83,9 @@ def _canon_number(s: str) -> str:
         v = float(s)
     except ValueError:
         return ""
+    if not math.isfinite(v):  # more digits than a float holds (a model looping on digits): compared exactly
+        d = Decimal(s)
+        return str(int(d)) if d == d.to_integral_value() else str(d.normalize())
     return str(int(v)) if v == int(v) else repr(v)
 
 
