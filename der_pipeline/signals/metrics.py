@@ -85,7 +85,7 @@ def _canon_number(s: str) -> str:
         return ""
     if not math.isfinite(v):  # more digits than a float holds (a model looping on digits): compared exactly
         d = Decimal(s)
-        return str(int(d)) if d == d.to_integral_value() else str(d.normalize())
+        return str(int(d)) if d == d.to_integral_value() else format(d, "f").rstrip("0")
     return str(int(v)) if v == int(v) else repr(v)
 
 
