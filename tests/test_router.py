@@ -351,6 +351,30 @@ def test_confidence_cascade_on_a_hand_computed_case():
     assert ConfidenceCascade(alpha=100.0).fit(t, _params_with()).chosen["then"] is None
 
 
+def test_cascade_bound_on_a_hand_computed_case():
+    from der_pipeline.evaluate.findings import _goal_bound
+    from der_pipeline.router.methods import cascade_bound
+
+    t = synthetic_tree(n_queries=4, n_experts=2, dim=2)
+    t.task1 = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])  # cheap e0 wrong on queries 1 and 3
+    t.cost1 = np.tile([1.0, 10.0], (4, 1))
+    t.conf1 = np.full((4, 2, 5), 0.5)
+    t.conf1[:, 0, 1] = [0.9, 0.2, 0.8, 0.3]  # e0's first-token probability: low exactly where it is wrong
+    # budget 70% of e1's 10 GFLOPs: 1 + 10 k / 4 <= 7 allows k = 2 escalations, the two wrong answers: 1.0 at 60%
+    b = cascade_bound(t, 0.7)
+    assert (b["strong"], b["strong_score"]) == ("e1", 1.0)
+    assert b["best"] == {"first": "e0", "signal": "first_prob", "escalated_share": 0.5, "score": 1.0, "cost_share": 0.6}
+    assert "within the signals' reach" in _goal_bound(b)
+    # budget 40%: one escalation (cost 3.5), the least sure wrong answer: 0.75, a quarter short
+    b = cascade_bound(t, 0.4)
+    assert b["best"] == {"first": "e0", "signal": "first_prob", "escalated_share": 0.25, "score": 0.75,
+                         "cost_share": 0.35}
+    assert "0.250 short" in _goal_bound(b)
+    # no signal at all (every confidence equal): nothing to escalate on, e0 alone
+    t.conf1[:] = 0.5
+    assert cascade_bound(t, 0.7)["best"]["escalated_share"] == 0.0
+
+
 def test_auroc_on_known_cases():
     from der_pipeline.evaluate.stats import auroc
 

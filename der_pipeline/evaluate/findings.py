@@ -89,7 +89,25 @@ def goal_findings(out: dict, frontier: dict | None = None) -> list[str]:
         lines.append(f"Signals: the cheaper experts' best confidence AUROC for their own correctness (train split) "
                      f"is {shown}; {strong}'s is {best_auroc(strong)}. "
                      "A cheap answer can only be trusted as far as its confidence separates right from wrong.")
+    bound = out.get("goal_bound")
+    if bound and not met:
+        lines.append(_goal_bound(bound))
     return lines
+
+
+def _goal_bound(bound: dict) -> str:
+    """The train-split bound of router/methods.py's ``cascade_bound``, as a sentence."""
+    head = (f"Within reach of one signal? On the train split, the best confidence cascade at <= "
+            f"{bound['budget_share']:.0%} of {bound['strong']}'s cost ")
+    b = bound["best"]
+    if b is None:
+        return head + "does not exist (no cheaper expert)."
+    gap = b["score"] - bound["strong_score"]
+    how = (f"({b['first']} first, {b['escalated_share']:.0%} of queries escalated on its {b['signal']}) scores "
+           f"{b['score']:.3f} against its {bound['strong_score']:.3f} at {b['cost_share']:.0%} of its cost")
+    if gap >= 0:
+        return head + how + ": the goal is within the signals' reach on the queries it is fitted on (an optimistic bound)."
+    return head + how + f": {-gap:.3f} short even when fitted on the queries it is scored on, so the confidence signals alone cannot reach the goal here."
 
 
 def _utility(out: dict, der: dict, fixed: dict) -> str:

@@ -14,7 +14,8 @@ from der_pipeline.evaluate.common import load_split, public, saved_policies, sum
 from der_pipeline.evaluate.names import expert_of, method_label
 from der_pipeline.evaluate.stats import auroc, paired_bootstrap
 from der_pipeline.io import atomic_write_bytes, write_json
-from der_pipeline.router.methods import CASCADE_SIGNALS, MLPRouter, Router, baseline_routers
+from der_pipeline.evaluate.findings import GOAL_COST_SHARE
+from der_pipeline.router.methods import CASCADE_SIGNALS, MLPRouter, Router, baseline_routers, cascade_bound
 from der_pipeline.signals.metrics import TASK_METRIC
 
 METRIC_LABEL = {"accuracy": "Accuracy", "f1": "F1", "numeric_match": "Accuracy", "rougeL": "ROUGE-L"}
@@ -62,7 +63,8 @@ def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
            "der_settings": {"form": p.reward.form, "alpha": p.reward.alpha},
            "best_single": best_single,
            "methods": {k: public(v) for k, v in methods.items()}, "roles": roles, "comparisons": comparisons,
-           "signal_auroc": signal_auroc(train), "training": training_summary(p, dataset)}
+           "signal_auroc": signal_auroc(train), "goal_bound": cascade_bound(train, GOAL_COST_SHARE),
+           "training": training_summary(p, dataset)}
     return out, render_table(out) + "\n\n" + render_comparisons(out)
 
 

@@ -214,6 +214,38 @@ CASCADE_SIGNALS = {"yes_margin": lambda c: yes_margin(c[..., 0]), "first_prob": 
                    "mean_prob": lambda c: c[..., 2], "min_prob": lambda c: c[..., 3]}
 
 
+def cascade_outcome(arrays: TreeArrays, cheap: int, strong: int, escalate: np.ndarray) -> tuple[float, float]:
+    """Mean task score and mean cost (GFLOPs) when expert ``cheap`` answers every query and the queries in
+    ``escalate`` (a boolean mask) are also asked of ``strong`` afresh, whose answer is final."""
+    score = np.where(escalate, arrays.task1[:, strong], arrays.task1[:, cheap]).mean()
+    cost = np.where(escalate, arrays.cost1[:, cheap] + arrays.cost1[:, strong], arrays.cost1[:, cheap]).mean()
+    return float(score), float(cost)
+
+
+def cascade_bound(train: TreeArrays, cost_share: float) -> dict:
+    """How far one confidence signal can take a router towards the strongest expert (on ``train``) at no more
+    than ``cost_share`` of its mean cost: the best-scoring cascade over every cheaper first expert, every
+    signal of CASCADE_SIGNALS and every threshold (each distinct value; none escalated included), within
+    the budget. Fitted and scored on the same queries, so it is optimistic: where even it falls short of
+    the strongest expert's score, the signals, not the learner, are what is lacking."""
+    strong = int(np.argmax(train.task1.mean(axis=0)))
+    strong_score, strong_cost = float(train.task1[:, strong].mean()), float(train.cost1[:, strong].mean())
+    best = None
+    for i in range(train.n_experts):
+        if train.cost1[:, i].mean() >= strong_cost:
+            continue
+        for name, signal in CASCADE_SIGNALS.items():
+            conf = signal(train.conf1[:, i])
+            for tau in np.unique(conf):  # escalate the queries whose confidence is under tau
+                esc = conf < tau
+                score, cost = cascade_outcome(train, i, strong, esc)
+                if cost <= cost_share * strong_cost and (best is None or score > best["score"] + 1e-12):
+                    best = {"first": train.experts[i], "signal": name, "escalated_share": round(float(esc.mean()), 4),
+                            "score": round(score, 4), "cost_share": round(cost / strong_cost, 4)}
+    return {"strong": train.experts[strong], "strong_score": round(strong_score, 4), "budget_share": cost_share,
+            "best": best}
+
+
 class ConfidenceCascade(Router):
     """A confidence cascade in the manner of FrugalGPT and AutoMix: a cheaper expert answers; when its own
     confidence is under a threshold, a pricier expert answers afresh (an escalation path). The pair, the
@@ -241,9 +273,7 @@ class ConfidenceCascade(Router):
                 for name, signal in CASCADE_SIGNALS.items():
                     conf = signal(train.conf1[:, i])
                     for tau in [*np.unique(np.quantile(conf, np.linspace(0.05, 1.0, 20))), np.inf]:
-                        esc = conf < tau
-                        score = np.where(esc, train.task1[:, j], train.task1[:, i]).mean()
-                        cost = np.where(esc, train.cost1[:, i] + train.cost1[:, j], train.cost1[:, i]).mean()
+                        score, cost = cascade_outcome(train, i, j, conf < tau)
                         u = score - a * cost / scale
                         if u > best[0] + 1e-12:
                             best = (u, (i, j, name, float(tau)))
