@@ -23,7 +23,17 @@ from der_pipeline.signals.metrics import SPAN_RULE, score_answer
 log = logging.getLogger(__name__)
 
 
+BERTSCORE_DECIMALS = 4
+
+
 def bertscore_f1(candidates: list[str], references: list[str], p: Params) -> list[float]:
+    """BERTScore F1 of each candidate against its reference, rounded to BERTSCORE_DECIMALS.
+
+    Why rounded: the float sums inside BERTScore differ in the last bits between CPUs, so an exact match
+    comes out as 0.9999999 on one machine and 1.0000001 on another. Unrounded, a rank statistic over many
+    tied values (the Spearman rho of BERTScore with the task score on yes/no answers) ranks that noise and
+    moves from 0.93 to 1.00 between machines for the same tree. Four decimals keep every real difference.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import bert_score
@@ -34,7 +44,7 @@ def bertscore_f1(candidates: list[str], references: list[str], p: Params) -> lis
     _, _, f1 = bert_score.score(cands, references, model_type=str(embedder_path(p.signals.embedder)),
                                 num_layers=p.signals.bertscore_num_layers,
                                 batch_size=p.signals.bertscore_batch_size, device="cpu", verbose=False)
-    return [float(x) for x in f1.tolist()]
+    return [round(float(x), BERTSCORE_DECIMALS) for x in f1.tolist()]
 
 
 def score(p: Params, dataset: str) -> dict:
