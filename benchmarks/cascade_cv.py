@@ -1,11 +1,10 @@
 """Does escalating pay out of sample? K-fold cross-validation, on the train split alone, of the confidence
 cascade against the best single expert, both fitted on K-1 folds and scored on the held-out one.
 
-DER keeps the PPO iteration with the best return on one validation fold (ppo.val_fraction of the train
-queries, by a hash of the query id). A small fold can favour or punish escalation by chance; this prints
-what every fold says, so one can tell a policy that never escalates because escalation does not pay
-from one that never escalates because its fold was unlucky. Folds are bands of the same hash
-(zlib.crc32(qid) / 2**32), so with K = 4 fold 0 is exactly the validation fold at val_fraction 0.25.
+A small fold can favour or punish escalation by chance; this prints what every fold says, so one can
+tell a router that never escalates because escalation does not pay from one whose fold was unlucky (it
+is why DER chooses its PPO iteration by K-fold cross-validation, ppo.selection_folds, not on one fold).
+Folds are bands of the same hash as DER's (zlib.crc32(qid) / 2**32): with the same K they are DER's folds.
 Utility is what every method is judged by: task score minus alpha times the normalised cost. The test
 split is never read.
 
@@ -24,7 +23,7 @@ from der_pipeline.router.methods import CASCADE_SIGNALS, ConfidenceCascade, casc
 
 
 def hash_bands(qids: list[str], folds: int) -> np.ndarray:
-    """Fold number of each query: the band of its id hash (fold 0 = the validation fold at 1/folds)."""
+    """Fold number of each query: the band of its id hash (as der_pipeline.router.ppo.selection_folds)."""
     key = np.array([zlib.crc32(q.encode()) / 2**32 for q in qids])
     return np.minimum((key * folds).astype(int), folds - 1)
 

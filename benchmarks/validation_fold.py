@@ -1,5 +1,5 @@
-"""Why PPO keeps the iteration with the best validation return: train and test accuracy of DER with and
-without the validation fold, on a dataset's cached tree (a few PPO runs, about a minute).
+"""Why PPO keeps the iteration chosen by cross-validation: train and test accuracy of DER with and
+without the K-fold choice (ppo.selection_folds), on a dataset's cached tree (a few PPO runs, minutes).
 
     python benchmarks/validation_fold.py [--params params.yaml] [--dataset boolq] [--steps 150000]
 """
@@ -30,9 +30,9 @@ def main() -> None:
     split = load_split(p, args.dataset)
     print(f"{args.dataset}: {split.train.n_queries} train / {split.test.n_queries} test queries, "
           f"{args.steps:,} PPO steps, reward {p.reward.form} alpha={p.reward.alpha:g}, seeds {args.seeds}")
-    for label, frac in (("no validation fold (keep the last iteration)", 0.0),
-                        (f"validation fold {p.ppo.val_fraction:g} (keep the best iteration)", p.ppo.val_fraction)):
-        cfg = p.override("ppo", total_timesteps=args.steps, val_fraction=frac).ppo
+    for label, folds in (("no selection (keep the last iteration)", 0),
+                         (f"{p.ppo.selection_folds}-fold CV (keep the best iteration)", p.ppo.selection_folds)):
+        cfg = p.override("ppo", total_timesteps=args.steps, selection_folds=folds).ppo
         train_acc, test_acc = [], []
         for seed in args.seeds:
             agent, _ = train_ppo(split.train, p.reward, cfg, seed=seed, scale=split.scale)

@@ -267,7 +267,7 @@ class PPOConfig:
     vf_coef: float
     max_grad_norm: float
     hidden: int
-    val_fraction: float  # share of the train split held out to pick the best iteration (0 = keep the last)
+    selection_folds: int  # K: the PPO iteration kept is chosen by K-fold cross-validation on the train split (0 = keep the last)
     eval_every: int  # iterations between validation checks
 
     def validate(self, key: str) -> None:
@@ -279,7 +279,8 @@ class PPOConfig:
         _check(self.ent_coef >= 0, f"{key}.ent_coef", "a number >= 0")
         _check(self.vf_coef >= 0, f"{key}.vf_coef", "a number >= 0")
         _check(self.max_grad_norm > 0, f"{key}.max_grad_norm", "a number > 0")
-        _check(0.0 <= self.val_fraction < 0.9, f"{key}.val_fraction", "a number in [0, 0.9)")
+        _check(self.selection_folds == 0 or 2 <= self.selection_folds <= 10, f"{key}.selection_folds",
+               "0 (keep the last iteration) or a number of folds from 2 to 10")
         _check(self.eval_every >= 1, f"{key}.eval_every", "an integer >= 1")
         _check(self.total_timesteps >= self.num_envs * self.num_steps, f"{key}.total_timesteps",
                "at least num_envs * num_steps")
@@ -298,7 +299,7 @@ class AblationConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """The settings the `tune` stage compares on the validation fold (every combination)."""
+    """The settings the `tune` stage compares out of fold on the train split (every combination)."""
 
     state: list[str]
     form: list[str]

@@ -56,7 +56,7 @@ def test_bad_params_name_the_key(mutate, key):
 
 
 # every key that params.yaml holds is required: dropping it fails with its name (no code default stands in)
-REQUIRED = ["generation.max_tokens", "ppo.total_timesteps", "ppo.val_fraction", "reward.alpha", "data.seed",
+REQUIRED = ["generation.max_tokens", "ppo.total_timesteps", "ppo.selection_folds", "reward.alpha", "data.seed",
             "signals.embedder", "evaluate.bootstrap", "generation.openai.timeout_s", "experts[1].chat", "seeds",
             "paths.models"]
 

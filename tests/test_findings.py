@@ -64,7 +64,7 @@ def test_the_best_fixed_path_and_learning_findings():
                         "untrained_val_return": 0.5}]
     text = " ".join(dataset_findings(out))
     assert "Best fixed path (small>big" in text and "DER misses it (score -0.010, cost 1.25x)" in text
-    assert "kept PPO iterations (12 of 40) reach a mean validation return of 0.900, against 0.500" in text
+    assert "kept PPO iterations (12 of 40) reach a mean cross-validated return of 0.900, against 0.500" in text
 
 
 def test_a_higher_score_at_a_higher_cost_than_the_best_fixed_path_shows_the_rewards_trade_off():

@@ -161,7 +161,7 @@ def test_gymnasium_api():
 def test_ppo_learns_to_pick_the_right_cheap_expert_and_stop():
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)  # expert 0: always right and cheapest
     cfg = reward_cfg(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
-    ppo = ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, val_fraction=0.0, state="query_answer")
+    ppo = ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, selection_folds=0, state="query_answer")
     agent, history = train_ppo(t, cfg, ppo, seed=1)
     scale = cost_scale(t)
     w = PolicyRouter(agent, scale, cfg).route(t)
@@ -175,7 +175,7 @@ def test_ppo_learns_to_pick_the_right_cheap_expert_and_stop():
 def test_ppo_terminal_form_learns_to_stop():
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)
     cfg = reward_cfg(signal="task", form="terminal", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
-    agent, _ = train_ppo(t, cfg, ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, val_fraction=0.0, state="query_answer"), seed=2)
+    agent, _ = train_ppo(t, cfg, ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, selection_folds=0, state="query_answer"), seed=2)
     w = PolicyRouter(agent, cost_scale(t), cfg).route(t)
     assert w[:, 0].mean() > 0.9  # expert 0, then STOP: one call
     rand = RandomRouter().route(t)
@@ -282,7 +282,7 @@ def test_der_paper_preset_trains_and_learns_the_expert_bertscore_favours(repo_pa
     t = synthetic_tree(n_queries=64, n_experts=3, good=1)  # BERTScore 0.9 for expert 1's answers, 0.4 otherwise
     t.params_b = (0.1, 0.3, 1.5)
     p = repo_params.with_preset("der-paper")
-    ppo = dataclasses.replace(p.ppo, total_timesteps=40_960, num_envs=128, val_fraction=0.0)
+    ppo = dataclasses.replace(p.ppo, total_timesteps=40_960, num_envs=128, selection_folds=0)
     agent, history = train_ppo(t, p.reward, ppo, seed=1)
     assert np.isfinite(history[-1]["mean_return"])
     w = PolicyRouter(agent, cost_scale(t), p.reward, state=ppo.state).route(t)
@@ -292,31 +292,42 @@ def test_der_paper_preset_trains_and_learns_the_expert_bertscore_favours(repo_pa
     assert final_is_1.mean() > 0.9
 
 
-def test_validation_fold_is_a_fixed_disjoint_part_of_the_train_split():
-    from der_pipeline.router.ppo import validation_fold
+def test_selection_folds_partition_the_train_split_by_a_fixed_hash():
+    from der_pipeline.router.ppo import selection_folds
 
     t = synthetic_tree(n_queries=200, n_experts=3)
-    fit, val = validation_fold(t, 0.25)
-    assert set(fit.qids).isdisjoint(val.qids) and len(fit.qids) + len(val.qids) == 200
-    assert 30 < len(val.qids) < 70
-    assert validation_fold(t, 0.25)[1].qids == val.qids  # the same fold every time (a hash of the id)
-    assert validation_fold(t, 0.0) == (t, None)
+    folds = selection_folds(t, 3)
+    assert len(folds) == 3
+    held = [val.qids for _, val in folds]
+    assert sorted(q for h in held for q in h) == sorted(t.qids)  # every query held out exactly once
+    for fit, val in folds:
+        assert set(fit.qids).isdisjoint(val.qids) and len(fit.qids) + len(val.qids) == 200
+        assert 40 < len(val.qids) < 95
+    assert [val.qids for _, val in selection_folds(t, 3)] == held  # the same folds every time (a hash of the id)
+    assert selection_folds(t, 0) == [] and selection_folds(t.subset([0, 1]), 3) == []  # none, or a fold empty
 
 
-def test_ppo_keeps_the_iteration_with_the_best_validation_return():
-    from der_pipeline.router.ppo import greedy_return, validation_fold
+def test_ppo_keeps_the_iteration_with_the_best_cross_validated_return():
+    from der_pipeline.router.ppo import cross_validate, greedy_return
 
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)
     cfg = reward_cfg(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
-    ppo = ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, val_fraction=0.25, eval_every=2,
+    ppo = ppo_cfg(total_timesteps=20_480, num_envs=128, num_steps=8, selection_folds=3, eval_every=2,
                   state="query_answer")
     agent, history = train_ppo(t, cfg, ppo, seed=1)
     checked = [h["val_return"] for h in history if "val_return" in h]
     assert len(checked) == len(history) // 2 + (len(history) % 2)
     kept = history[-1]["selected_iteration"]
     assert history[kept - 1]["val_return"] == max(checked) == history[-1]["best_val_return"]
-    _, val = validation_fold(t, 0.25)
-    assert greedy_return(agent, val, cfg, cost_scale(t), "query_answer") == pytest.approx(max(checked))
+    assert history[kept - 1]["val_return"] > history[-1]["untrained_val_return"]
+    # the checked value is the mean of the folds' held-out returns, each of the fold's own policy
+    cv = cross_validate(t, cfg, ppo, seed=1, scale=cost_scale(t))
+    assert cv.best_iteration == kept
+    per_fold = [greedy_return(a, val, cfg, cost_scale(t), "query_answer") for a, (_, val) in zip(cv.agents, cv.folds)]
+    assert np.mean(per_fold) == pytest.approx(max(checked), abs=1e-6)
+    # the policy kept is the whole-train-split run at that iteration: the same seed gives the same weights
+    again, _ = train_ppo(t, cfg, ppo, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(agent.state_dict().values(), again.state_dict().values()))
 
 
 def test_best_fixed_path_on_hand_computed_cases():
@@ -398,7 +409,7 @@ def test_ppo_on_the_confidence_state_learns_to_escalate_only_when_the_cheap_expe
     t.conf1[:, 0, 1] = np.where(right, 0.9, 0.1)  # e0 knows when it is right
     cfg = reward_cfg(signal="task", form="terminal", actions="ktp_and_fresh", alpha=0.5, gamma=0.0, p0=0.5)
     # lr 1e-3: at params' 2.5e-4 and this budget PPO settles on always stopping (the tune stage compares both)
-    ppo = ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, val_fraction=0.0, state="confidence",
+    ppo = ppo_cfg(total_timesteps=40_960, num_envs=128, num_steps=8, selection_folds=0, state="confidence",
                   learning_rate=1e-3)
     agent, _ = train_ppo(t, cfg, ppo, seed=1)
     w = PolicyRouter(agent, cost_scale(t), cfg, state="confidence").route(t)

@@ -1,5 +1,5 @@
-"""The tune stage on a synthetic tree: every candidate scored on the validation fold, the best named; a train
-split too small for a fold is skipped with its reason."""
+"""The tune stage on a synthetic tree: every candidate scored out of fold on the whole train split, the best
+named; a train split too small for its folds is skipped with its reason."""
 import pytest
 
 from der_pipeline.evaluate import tune as tune_module
@@ -21,21 +21,23 @@ def small(repo_params):
     return p.override("ppo", total_timesteps=4096, num_envs=128).override("seeds", seeds=[1, 2])
 
 
-def test_tune_scores_every_candidate_on_the_validation_fold(small, monkeypatch):
+def test_tune_scores_every_candidate_out_of_fold(small, monkeypatch):
     monkeypatch.setattr(tune_module, "load_split", lambda p, ds: fake_split(80))
     out = tune_module.tune_dataset(small, "toy")
     assert [r["state"] for r in out["rows"]] == ["confidence", "query_answer"]
-    assert out["fit_queries"] + out["val_queries"] == 80 and out["val_queries"] > 5
+    assert out["train_queries"] == 80 and out["folds"] == small.ppo.selection_folds
     best = max(out["rows"], key=lambda r: r["val_utility"])
     assert out["best"] == {k: best[k] for k in tune_module.SETTINGS}
-    # expert 0 is always right and the cheapest: the best fixed path on the fit part is it alone
-    assert out["best_fixed_path"]["path"] == "e0" and out["best_fixed_path"]["val_score"] == 1.0
+    # expert 0 is always right and the cheapest: the best fixed path on every fold's fit part is it alone
+    assert out["best_fixed_path"]["val_score"] == 1.0
+    assert out["best_fixed_path"]["val_cost_norm"] == pytest.approx(float(fake_split(80).train.cost1[:, 0].mean())
+                                                                    / fake_split(80).scale, abs=1e-4)
     md = tune_module.render_tune(out, tune_module.current_settings(small))
     assert md.count("\n| ") == 2 and "test split is not used" in md  # one row per candidate
 
 
-def test_tune_skips_a_train_split_too_small_for_a_fold(small, monkeypatch):
+def test_tune_skips_a_train_split_too_small_for_its_folds(small, monkeypatch):
     monkeypatch.setattr(tune_module, "load_split", lambda p, ds: fake_split(1))
     out = tune_module.tune_dataset(small, "toy")
-    assert "no validation fold" in out["skipped"]
+    assert "no cross-validation" in out["skipped"]
     assert tune_module.render_tune(out, {}).startswith("Tune: skipped")

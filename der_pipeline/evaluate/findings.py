@@ -58,7 +58,7 @@ def goal_findings(out: dict, frontier: dict | None = None) -> list[str]:
         untrained = sum(t["untrained_val_return"] for t in training) / len(training)
         iters = ", ".join(str(t["selected_iteration"]) for t in training)
         lines.append(f"Learning: the kept PPO iterations ({iters} of {training[0]['iterations']}) reach a mean "
-                     f"validation return of {kept:.3f}, against {untrained:.3f} for the untrained policy "
+                     f"cross-validated return of {kept:.3f}, against {untrained:.3f} for the untrained policy "
                      f"({kept - untrained:+.3f}).")
     best = m[out["best_single"]]
     share = der["cost_gflops"] / best["cost_gflops"]

@@ -110,15 +110,16 @@ def signals_block(out: dict) -> list[str]:
 
 
 def training_block(p: Params, out: dict, rel) -> list[str]:
-    """Whether PPO learned: the kept iteration's validation return against the untrained policy's, per seed."""
+    """Whether PPO learned: the kept iteration's cross-validated return against the untrained policy's, per seed."""
     rows = [t for t in out.get("training", []) if t.get("best_val_return") is not None]
     if not rows:
         return []
     from der_pipeline.artifacts import model_dir
 
-    lines = ["PPO on the validation fold of the train split, per seed: the iteration kept and its greedy "
-             "return, against the untrained policy's:", "",
-             "| Seed | Kept iteration | Validation return (kept) | Validation return (untrained) |",
+    lines = [f"PPO cross-validated on the train split ({p.ppo.selection_folds} id-hash folds), per seed: the "
+             "iteration kept and its greedy return on the held-out folds (the mean over folds), against the "
+             "untrained policy's:", "",
+             "| Seed | Kept iteration | Held-out return (kept) | Held-out return (untrained) |",
              "|---|---|---|---|"]
     for t in rows:
         u = t.get("untrained_val_return")
@@ -174,7 +175,7 @@ def results_section(p: Params, readme_dir: Path) -> str:
             from der_pipeline.evaluate.tune import current_settings, render_tune
 
             agrees = tuned["best"] == current_settings(p)
-            parts += [f"#### {ds}: choosing the settings on the validation fold", "",
+            parts += [f"#### {ds}: choosing the settings by cross-validation on the train split", "",
                       "params.yaml's DER settings are " + ("the best row of this table." if agrees else
                       f"NOT the best row of this table (the best is {tuned['best']}): rerun with them."), "",
                       render_tune(tuned, current_settings(p)), ""]

@@ -83,7 +83,7 @@ def signal_auroc(train) -> dict:
 
 
 def training_summary(p: Params, dataset: str) -> list[dict]:
-    """Per seed: the iteration PPO kept on the validation fold, its validation return, and the untrained
+    """Per seed: the iteration PPO kept by cross-validation, its cross-validated return, and the untrained
     policy's (iteration 0), from the train stage's summary."""
     p = dataset_params(p, dataset)
     return [{k: s.get(k) for k in ("seed", "iterations", "selected_iteration", "best_val_return",

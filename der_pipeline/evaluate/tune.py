@@ -1,9 +1,10 @@
-"""The `tune` stage: which DER settings do best on the train split's validation fold.
+"""The `tune` stage: which DER settings do best out of fold on the train split.
 
-Every combination of ``evaluate.tune`` (state, reward form, action set) is trained
-per seed on the train split exactly as `train` does (PPO keeps its best iteration on
-the validation fold), then its greedy policy is scored on that validation fold by
-the quantity every method is judged by: the task score minus alpha times the
+Every combination of ``evaluate.tune`` (state, reward form, action set, learning rate) is
+cross-validated per seed exactly as `train` chooses its iteration (``ppo.selection_folds``
+id-hash folds; the iteration kept is the one with the best mean held-out return), then every
+train query is routed by the greedy policy of the fold that held it out, and the candidate is
+scored by the quantity every method is judged by: the task score minus alpha times the
 normalised cost (params' alpha). The test split is never read. The defaults in
 params.yaml are the best row of this table; `report` shows the table and says
 whether params.yaml still agrees with it. Writes results/tune/<dataset>/.
@@ -20,7 +21,8 @@ from der_pipeline.evaluate.common import load_split
 from der_pipeline.evaluate.stats import mean_std
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.methods import BestFixedPath, PolicyRouter
-from der_pipeline.router.ppo import train_ppo, validation_fold
+from der_pipeline.router.arrays import TreeArrays, concat_arrays
+from der_pipeline.router.ppo import cross_validate, selection_folds
 
 
 SETTINGS = ("state", "form", "actions", "learning_rate")
@@ -38,13 +40,19 @@ def _utility(w: np.ndarray, arrays, scale: float, alpha: float) -> tuple[float, 
     return score, cost, score - alpha * cost
 
 
+def _out_of_fold(folds, route_fold) -> tuple[np.ndarray, TreeArrays]:
+    """Every train query's routing weights from the fold that held it out, and the arrays in that order."""
+    weights = [route_fold(i, fit, val) for i, (fit, val) in enumerate(folds)]
+    return np.concatenate(weights), concat_arrays([val for _, val in folds])
+
+
 def tune_dataset(p: Params, dataset: str) -> dict:
     p = dataset_params(p, dataset)
     split = load_split(p, dataset)
-    fit, val = validation_fold(split.train, p.ppo.val_fraction)
-    if val is None:  # ppo.val_fraction is 0, or the train split is too small to hold a fold out
-        return {"dataset": dataset, "skipped": f"no validation fold: ppo.val_fraction = {p.ppo.val_fraction:g} "
-                                              f"of {split.train.n_queries} train queries leaves none to compare on"}
+    folds = selection_folds(split.train, p.ppo.selection_folds)
+    if not folds:  # ppo.selection_folds is 0, or the train split is too small for that many folds
+        return {"dataset": dataset, "skipped": f"no cross-validation: ppo.selection_folds = {p.ppo.selection_folds} "
+                                              f"of {split.train.n_queries} train queries leaves a fold empty"}
     alpha = p.reward.alpha
     rows = []
     for cand in candidates(p):
@@ -52,21 +60,22 @@ def tune_dataset(p: Params, dataset: str) -> dict:
             "ppo", state=cand["state"], learning_rate=cand["learning_rate"])
         per_seed = []
         for seed in p.seeds:
-            agent, _ = train_ppo(split.train, q.reward, q.ppo, seed=seed, scale=split.scale)
-            w = PolicyRouter(agent, split.scale, q.reward, state=q.ppo.state).route(val)
-            per_seed.append(_utility(w, val, split.scale, alpha))
+            cv = cross_validate(split.train, q.reward, q.ppo, seed=seed, scale=split.scale)
+            w, held = _out_of_fold(cv.folds, lambda i, fit, val: PolicyRouter(
+                cv.agents[i], split.scale, q.reward, state=q.ppo.state).route(val))
+            per_seed.append(_utility(w, held, split.scale, alpha))
         score, cost, util = (mean_std([x[k] for x in per_seed]) for k in range(3))
         rows.append({**cand, "val_score": round(score[0], 4), "val_cost_norm": round(cost[0], 4),
                      "val_utility": round(util[0], 4), "val_utility_std": round(util[1], 4)})
     widest = "ktp_and_fresh" if "ktp_and_fresh" in p.evaluate.tune.actions else "ktp_only"
-    best_fixed = BestFixedPath(alpha).fit(fit, p.override("reward", actions=widest))  # a constant policy, for reference
-    fixed = _utility(best_fixed.route(val), val, split.scale, alpha)
+    q = p.override("reward", actions=widest)
+    fixed_w, held = _out_of_fold(folds, lambda i, fit, val: BestFixedPath(alpha).fit(fit, q).route(val))
+    fixed = _utility(fixed_w, held, split.scale, alpha)  # a constant policy per fold, for reference
     best = max(rows, key=lambda r: r["val_utility"])
-    return {"dataset": dataset, "alpha": alpha, "seeds": p.seeds, "fit_queries": fit.n_queries,
-            "val_queries": val.n_queries, "rows": rows, "best": {k: best[k] for k in SETTINGS},
-            "best_fixed_path": {"path": best_fixed.chosen, "val_score": round(fixed[0], 4),
-                                                    "val_cost_norm": round(fixed[1], 4),
-                                                    "val_utility": round(fixed[2], 4)}}
+    return {"dataset": dataset, "alpha": alpha, "seeds": p.seeds, "folds": len(folds),
+            "train_queries": split.train.n_queries, "rows": rows, "best": {k: best[k] for k in SETTINGS},
+            "best_fixed_path": {"val_score": round(fixed[0], 4), "val_cost_norm": round(fixed[1], 4),
+                                "val_utility": round(fixed[2], 4)}}
 
 
 def current_settings(p: Params) -> dict:
@@ -87,10 +96,11 @@ def render_tune(out: dict, current: dict) -> str:
                      f"{r['val_score']:.3f} | "
                      f"{r['val_cost_norm']:.3f} | {r['val_utility']:.3f} ± {r['val_utility_std']:.3f} |")
     f = out["best_fixed_path"]
-    lines += ["", f"Each row: DER trained on the train split's {out['fit_queries']} fit queries (seeds {out['seeds']}), "
-              f"scored on its {out['val_queries']} validation queries at alpha = {out['alpha']:g}; the test split is "
-              f"not used. For reference, the best constant path on the fit queries ({f['path']}) scores "
-              f"{f['val_score']:.3f} at cost {f['val_cost_norm']:.3f} (utility {f['val_utility']:.3f})."]
+    lines += ["", f"Each row: DER cross-validated over {out['folds']} folds of the train split's {out['train_queries']} "
+              f"queries (seeds {out['seeds']}): every query scored by the policy of the fold that held it out, at "
+              f"alpha = {out['alpha']:g}; the test split is not used. For reference, the best constant path "
+              f"chosen on the other folds scores {f['val_score']:.3f} at cost {f['val_cost_norm']:.3f} "
+              f"(utility {f['val_utility']:.3f})."]
     return "\n".join(lines)
 
 

@@ -4,12 +4,16 @@ Actor: softmax over N experts + STOP with masked logits. Critic: a value head.
 Rollouts of ``num_envs`` x ``num_steps`` from the batched tree environment, GAE,
 clipped surrogate, clipped value loss, entropy bonus, gradient clipping,
 minibatch epochs, linear learning-rate annealing, seeded.
+
+Which iteration is kept: K-fold cross-validation on the train split (``ppo.selection_folds``), then
+the same PPO on the whole train split, stopped in effect at the iteration the folds chose.
 """
 from __future__ import annotations
 
 import json
 import random
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,7 @@ def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.
 class Agent(nn.Module):
     def __init__(self, obs_dim: int, n_actions: int, hidden: int = 64):
         super().__init__()
+        self.obs_dim, self.n_actions, self.hidden = obs_dim, n_actions, hidden
         self.critic = nn.Sequential(
             layer_init(nn.Linear(obs_dim, hidden)), nn.Tanh(),
             layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
@@ -61,17 +66,22 @@ class Agent(nn.Module):
         return self.masked_logits(x, mask).argmax(dim=1)
 
 
-def validation_fold(arrays: TreeArrays, fraction: float) -> tuple[TreeArrays, TreeArrays | None]:
-    """Split the train queries into a fit part and a validation part by a hash of the query id
-    (fixed across seeds and runs; the test split is never touched)."""
-    if fraction <= 0:
-        return arrays, None
+def selection_folds(arrays: TreeArrays, k: int) -> list[tuple[TreeArrays, TreeArrays]]:
+    """The train queries in ``k`` folds by a hash of the query id, as (fit, held-out) pairs: fold i holds
+    the queries whose zlib.crc32(qid) / 2**32 falls in [i/k, (i+1)/k). Fixed across seeds and runs (the
+    same bands as benchmarks/cascade_cv.py); the test split is never touched. Empty when ``k`` < 2 or a
+    fold would be empty (too few queries to cross-validate)."""
+    if k < 2:
+        return []
     key = np.array([zlib.crc32(q.encode()) / 2**32 for q in arrays.qids])
-    val = np.flatnonzero(key < fraction)
-    fit = np.flatnonzero(key >= fraction)
-    if len(val) == 0 or len(fit) == 0:
-        return arrays, None
-    return arrays.subset(fit), arrays.subset(val)
+    band = np.minimum((key * k).astype(np.int64), k - 1)
+    folds = []
+    for i in range(k):
+        val, fit = np.flatnonzero(band == i), np.flatnonzero(band != i)
+        if len(val) == 0 or len(fit) == 0:
+            return []
+        folds.append((arrays.subset(fit), arrays.subset(val)))
+    return folds
 
 
 def greedy_return(agent: Agent, arrays: TreeArrays, reward: RewardConfig, scale: float | None, state: str) -> float:
@@ -99,24 +109,97 @@ def _greedy_return(agent: Agent, env: VectorTreeEnv) -> float:
     return float(total.mean())
 
 
+@dataclass
+class PPORun:
+    """One PPO run: the final agent, one log row per iteration, the agent's weights at the iterations
+    asked for, and (with a held-out set) the greedy held-out return at every checked iteration."""
+    agent: Agent
+    rows: list[dict]
+    snapshots: dict[int, dict]
+    val_returns: dict[int, float]
+    untrained_val_return: float | None
+
+    def agent_at(self, iteration: int) -> Agent:
+        agent = Agent(self.agent.obs_dim, self.agent.n_actions, self.agent.hidden)
+        agent.load_state_dict(self.snapshots[iteration])
+        return agent
+
+
+@dataclass
+class CrossValidation:
+    """The K-fold choice of the PPO iteration to keep: the policy of fold i is trained on the other folds
+    and its greedy return on fold i is checked every ``eval_every`` iterations; the iteration kept is the
+    one with the best mean over the folds (the earliest on a tie). One 94-query fold was too few: its
+    noise, not the policy, decided which iteration was kept (benchmarks/cascade_cv.py)."""
+    folds: list[tuple[TreeArrays, TreeArrays]]
+    curve: dict[int, list[float]]  # iteration -> each fold's held-out greedy return
+    untrained: list[float]  # each fold's held-out greedy return before any update
+    best_iteration: int
+    agents: list[Agent]  # each fold's policy at best_iteration: out-of-fold routing of the train split
+
+    def mean_return(self, iteration: int) -> float:
+        return float(np.mean(self.curve[iteration]))
+
+
+def cross_validate(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: int = 1,
+                   scale: float | None = None) -> CrossValidation | None:
+    """K-fold cross-validation of PPO on ``arrays`` (K = ``cfg.selection_folds``); None where K < 2 or the
+    queries are too few for K folds."""
+    scale = scale if scale is not None else cost_scale(arrays)
+    folds = selection_folds(arrays, cfg.selection_folds)
+    if not folds:
+        return None
+    runs = [_run_ppo(fit, reward, cfg, seed, scale, val=val) for fit, val in folds]
+    curve = {it: [run.val_returns[it] for run in runs] for it in sorted(runs[0].val_returns)}
+    best = max(curve, key=lambda it: (float(np.mean(curve[it])), -it))
+    return CrossValidation(folds, curve, [run.untrained_val_return for run in runs], best,
+                           [run.agent_at(best) for run in runs])
+
+
 def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: int = 1, log_path: Path | None = None,
               scale: float | None = None) -> tuple[Agent, list[dict]]:
-    """PPO on ``arrays`` (the train split). With ``cfg.val_fraction`` > 0, a hash-chosen part of it is held
-    out and the policy kept is the one with the best greedy validation return (checked every
-    ``cfg.eval_every`` iterations): a policy that memorises its training queries is not kept."""
+    """PPO on ``arrays`` (the train split). With ``cfg.selection_folds`` = K >= 2, K-fold cross-validation
+    (``cross_validate``) chooses how many iterations to keep; then PPO runs on the whole train split with
+    the same seed and the policy kept is its state at that iteration, so a policy that memorises its
+    training queries is not kept and no train query is left out of the final fit. Each checked row of the
+    log carries the cross-validated return (``val_return``, the mean over folds, and ``val_return_folds``);
+    the log's last line marks the kept iteration. K = 0 keeps the last iteration."""
+    scale = scale if scale is not None else cost_scale(arrays)
+    cv = cross_validate(arrays, reward, cfg, seed, scale)
+    run = _run_ppo(arrays, reward, cfg, seed, scale, keep=cv.best_iteration if cv else None)
+    history, agent = run.rows, run.agent
+    if cv is not None:
+        for row in history:
+            if row["iteration"] in cv.curve:
+                row["val_return"] = cv.mean_return(row["iteration"])
+                row["val_return_folds"] = [round(v, 4) for v in cv.curve[row["iteration"]]]
+        agent = run.agent_at(cv.best_iteration)
+        kept = {"selected_iteration": cv.best_iteration, "best_val_return": cv.mean_return(cv.best_iteration),
+                "untrained_val_return": float(np.mean(cv.untrained))}
+        history[-1].update(kept)
+    if log_path:
+        lines = [json.dumps(row) for row in history]
+        if cv is not None:  # the log's last line marks the kept iteration
+            lines.append(json.dumps({"kept": kept}))
+        Path(log_path).write_text("\n".join(lines) + "\n")
+    return agent, history
+
+
+def _run_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: int, scale: float,
+             val: TreeArrays | None = None, keep: int | None = None) -> PPORun:
+    """cleanrl's PPO loop on ``arrays``, seeded; with ``val`` the greedy return on it at every checked
+    iteration (and a snapshot there); ``keep``: an iteration whose weights to snapshot as well."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(1)  # small MLPs: one thread is as fast, and robust when other work shares the cores
 
-    scale = scale if scale is not None else cost_scale(arrays)
-    reward_cfg = reward  # (the rollout loop below names each step's rewards `reward`, as cleanrl does)
-    arrays, val = validation_fold(arrays, cfg.val_fraction)
-    val_env = _episode_env(val, reward_cfg, scale, cfg.state) if val is not None else None  # built once
-    best_val, best_state, best_iteration = -float("inf"), None, 0
+    val_env = _episode_env(val, reward, scale, cfg.state) if val is not None else None  # built once
     envs = VectorTreeEnv(arrays, reward, cfg.num_envs, seed=seed, scale=scale, state=cfg.state)
     agent = Agent(envs.obs_dim, envs.n_actions, cfg.hidden)
     untrained_val = _greedy_return(agent, val_env) if val_env is not None else None  # iteration 0: the baseline
+    snapshots: dict[int, dict] = {}
+    val_returns: dict[int, float] = {}
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
     batch_size = cfg.num_envs * cfg.num_steps
     minibatch_size = batch_size // cfg.num_minibatches
@@ -134,127 +217,113 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
     next_done = torch.zeros(cfg.num_envs)
     ep_return = torch.zeros(cfg.num_envs)
     history: list[dict] = []
-    log_fh = open(log_path, "w") if log_path else None
-    try:
-        for iteration in range(1, num_iterations + 1):
-            if cfg.anneal_lr:
-                frac = 1.0 - (iteration - 1.0) / num_iterations
-                optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+    for iteration in range(1, num_iterations + 1):
+        if cfg.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / num_iterations
+            optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
 
-            finished_returns, finished_calls, finished_p = [], [], []
-            for step in range(cfg.num_steps):
-                obs[step] = next_obs
-                masks[step] = next_mask
-                dones[step] = next_done
-                with torch.no_grad():
-                    action, logprob, _, value = agent.get_action_and_value(next_obs, next_mask)
-                    values[step] = value.flatten()
-                actions[step] = action
-                logprobs[step] = logprob
-                next_obs, next_mask, reward, done, info = envs.step(action)
-                rewards[step] = reward
-                next_done = done.float()
-                ep_return += reward
-                finished_returns.append(ep_return[done].clone())
-                finished_calls.append(info["calls"])
-                finished_p.append(info["final_p"])
-                ep_return[done] = 0.0
-
-            # bootstrap value if not done, then generalised advantage estimation
+        finished_returns, finished_calls, finished_p = [], [], []
+        for step in range(cfg.num_steps):
+            obs[step] = next_obs
+            masks[step] = next_mask
+            dones[step] = next_done
             with torch.no_grad():
-                next_value = agent.get_value(next_obs).reshape(1, -1)
-                advantages = torch.zeros_like(rewards)
-                lastgaelam = 0
-                for t in reversed(range(cfg.num_steps)):
-                    if t == cfg.num_steps - 1:
-                        nextnonterminal = 1.0 - next_done
-                        nextvalues = next_value
-                    else:
-                        nextnonterminal = 1.0 - dones[t + 1]
-                        nextvalues = values[t + 1]
-                    delta = rewards[t] + cfg.gamma * nextvalues * nextnonterminal - values[t]
-                    advantages[t] = lastgaelam = delta + cfg.gamma * cfg.gae_lambda * nextnonterminal * lastgaelam
-                returns = advantages + values
+                action, logprob, _, value = agent.get_action_and_value(next_obs, next_mask)
+                values[step] = value.flatten()
+            actions[step] = action
+            logprobs[step] = logprob
+            next_obs, next_mask, reward, done, info = envs.step(action)
+            rewards[step] = reward
+            next_done = done.float()
+            ep_return += reward
+            finished_returns.append(ep_return[done].clone())
+            finished_calls.append(info["calls"])
+            finished_p.append(info["final_p"])
+            ep_return[done] = 0.0
 
-            b_obs = obs.reshape((-1, envs.obs_dim))
-            b_masks = masks.reshape((-1, envs.n_actions))
-            b_logprobs = logprobs.reshape(-1)
-            b_actions = actions.reshape(-1)
-            b_advantages = advantages.reshape(-1)
-            b_returns = returns.reshape(-1)
-            b_values = values.reshape(-1)
+        # bootstrap value if not done, then generalised advantage estimation
+        with torch.no_grad():
+            next_value = agent.get_value(next_obs).reshape(1, -1)
+            advantages = torch.zeros_like(rewards)
+            lastgaelam = 0
+            for t in reversed(range(cfg.num_steps)):
+                if t == cfg.num_steps - 1:
+                    nextnonterminal = 1.0 - next_done
+                    nextvalues = next_value
+                else:
+                    nextnonterminal = 1.0 - dones[t + 1]
+                    nextvalues = values[t + 1]
+                delta = rewards[t] + cfg.gamma * nextvalues * nextnonterminal - values[t]
+                advantages[t] = lastgaelam = delta + cfg.gamma * cfg.gae_lambda * nextnonterminal * lastgaelam
+            returns = advantages + values
 
-            b_inds = np.arange(batch_size)
-            clipfracs = []
-            for _epoch in range(cfg.update_epochs):
-                np.random.shuffle(b_inds)
-                for start in range(0, batch_size, minibatch_size):
-                    mb_inds = b_inds[start:start + minibatch_size]
-                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(
-                        b_obs[mb_inds], b_masks[mb_inds], b_actions[mb_inds])
-                    logratio = newlogprob - b_logprobs[mb_inds]
-                    ratio = logratio.exp()
-                    with torch.no_grad():
-                        approx_kl = ((ratio - 1) - logratio).mean()
-                        clipfracs += [((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item()]
+        b_obs = obs.reshape((-1, envs.obs_dim))
+        b_masks = masks.reshape((-1, envs.n_actions))
+        b_logprobs = logprobs.reshape(-1)
+        b_actions = actions.reshape(-1)
+        b_advantages = advantages.reshape(-1)
+        b_returns = returns.reshape(-1)
+        b_values = values.reshape(-1)
 
-                    mb_advantages = b_advantages[mb_inds]
-                    if cfg.norm_adv:
-                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+        b_inds = np.arange(batch_size)
+        clipfracs = []
+        for _epoch in range(cfg.update_epochs):
+            np.random.shuffle(b_inds)
+            for start in range(0, batch_size, minibatch_size):
+                mb_inds = b_inds[start:start + minibatch_size]
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                    b_obs[mb_inds], b_masks[mb_inds], b_actions[mb_inds])
+                logratio = newlogprob - b_logprobs[mb_inds]
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs += [((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item()]
 
-                    pg_loss1 = -mb_advantages * ratio
-                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
-                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+                mb_advantages = b_advantages[mb_inds]
+                if cfg.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
-                    newvalue = newvalue.view(-1)
-                    if cfg.clip_vloss:
-                        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                        v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds],
-                                                                    -cfg.clip_coef, cfg.clip_coef)
-                        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-                    else:
-                        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+                pg_loss1 = -mb_advantages * ratio
+                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
+                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
 
-                    entropy_loss = entropy.mean()
-                    loss = pg_loss - cfg.ent_coef * entropy_loss + v_loss * cfg.vf_coef
+                newvalue = newvalue.view(-1)
+                if cfg.clip_vloss:
+                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                    v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds],
+                                                                -cfg.clip_coef, cfg.clip_coef)
+                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
 
-                    optimizer.zero_grad()
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
+                entropy_loss = entropy.mean()
+                loss = pg_loss - cfg.ent_coef * entropy_loss + v_loss * cfg.vf_coef
 
-            rets = torch.cat(finished_returns)
-            row = {
-                "iteration": iteration,
-                "global_step": iteration * batch_size,
-                "episodes": int(rets.numel()),
-                "mean_return": float(rets.mean()) if rets.numel() else float("nan"),
-                "mean_calls": float(torch.cat(finished_calls).mean()) if rets.numel() else float("nan"),
-                "mean_final_p": float(torch.cat(finished_p).mean()) if rets.numel() else float("nan"),
-                "entropy": float(entropy_loss.detach()),
-                "approx_kl": float(approx_kl),
-                "clipfrac": float(np.mean(clipfracs)),
-                "value_loss": float(v_loss.detach()),
-                "policy_loss": float(pg_loss.detach()),
-                "lr": optimizer.param_groups[0]["lr"],  # no timings: the log is a DVC-tracked output
-            }
-            if val_env is not None and (iteration % cfg.eval_every == 0 or iteration == num_iterations):
-                row["val_return"] = _greedy_return(agent, val_env)
-                if row["val_return"] > best_val:
-                    best_val, best_iteration = row["val_return"], iteration
-                    best_state = {k: v.clone() for k, v in agent.state_dict().items()}
-            history.append(row)
-            if log_fh:
-                log_fh.write(json.dumps(row) + "\n")
-        if best_state is not None:
-            agent.load_state_dict(best_state)
-            kept = {"selected_iteration": best_iteration, "best_val_return": best_val,
-                    "untrained_val_return": untrained_val}
-            history[-1].update(kept)
-            if log_fh:  # the log's last line marks the kept iteration
-                log_fh.write(json.dumps({"kept": kept}) + "\n")
-    finally:
-        if log_fh:
-            log_fh.close()
-    return agent, history
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+
+        rets = torch.cat(finished_returns)
+        row = {
+            "iteration": iteration,
+            "global_step": iteration * batch_size,
+            "episodes": int(rets.numel()),
+            "mean_return": float(rets.mean()) if rets.numel() else float("nan"),
+            "mean_calls": float(torch.cat(finished_calls).mean()) if rets.numel() else float("nan"),
+            "mean_final_p": float(torch.cat(finished_p).mean()) if rets.numel() else float("nan"),
+            "entropy": float(entropy_loss.detach()),
+            "approx_kl": float(approx_kl),
+            "clipfrac": float(np.mean(clipfracs)),
+            "value_loss": float(v_loss.detach()),
+            "policy_loss": float(pg_loss.detach()),
+            "lr": optimizer.param_groups[0]["lr"],  # no timings: the log is a DVC-tracked output
+        }
+        if val_env is not None and (iteration % cfg.eval_every == 0 or iteration == num_iterations):
+            val_returns[iteration] = _greedy_return(agent, val_env)
+            snapshots[iteration] = {k: v.clone() for k, v in agent.state_dict().items()}
+        if iteration == keep:
+            snapshots[iteration] = {k: v.clone() for k, v in agent.state_dict().items()}
+        history.append(row)
+    return PPORun(agent, history, snapshots, val_returns, untrained_val)

@@ -38,13 +38,13 @@ def plot_training(history: list[dict], path: Path, title: str) -> None:
         ax.plot(steps, [h[key] for h in history], label="training episodes")
         if key == "mean_return" and any("val_return" in h for h in history):
             val = [(h["global_step"], h["val_return"]) for h in history if "val_return" in h]
-            ax.plot(*zip(*val), label="greedy, validation fold")
+            ax.plot(*zip(*val), label="greedy, held-out folds (mean)")
             if "selected_iteration" in history[-1]:
                 ax.axvline(history[history[-1]["selected_iteration"] - 1]["global_step"], ls=":", color="k",
                            label="kept")
             if history[-1].get("untrained_val_return") is not None:
                 ax.axhline(history[-1]["untrained_val_return"], ls="--", color="grey", lw=1,
-                           label="untrained policy, validation fold")
+                           label="untrained policy, held-out folds")
             ax.legend(fontsize=7)
         ax.set_title(key)
         ax.set_xlabel("environment steps")
