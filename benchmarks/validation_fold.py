@@ -31,7 +31,7 @@ def main() -> None:
     print(f"{args.dataset}: {split.train.n_queries} train / {split.test.n_queries} test queries, "
           f"{args.steps:,} PPO steps, reward {p.reward.form} alpha={p.reward.alpha:g}, seeds {args.seeds}")
     for label, folds in (("no selection (keep the last iteration)", 0),
-                         (f"{p.ppo.selection_folds}-fold CV (keep the best iteration)", p.ppo.selection_folds)):
+                         (f"{p.ppo.selection_folds}-fold CV (keep the chosen iteration)", p.ppo.selection_folds)):
         cfg = p.override("ppo", total_timesteps=args.steps, selection_folds=folds).ppo
         train_acc, test_acc = [], []
         for seed in args.seeds:

@@ -268,6 +268,7 @@ class PPOConfig:
     max_grad_norm: float
     hidden: int
     selection_folds: int  # K: the PPO iteration kept is chosen by K-fold cross-validation on the train split (0 = keep the last)
+    selection_tolerance: float  # keep the latest iteration within this fraction of the CV gain (best - untrained) of the best
     eval_every: int  # iterations between validation checks
 
     def validate(self, key: str) -> None:
@@ -281,6 +282,8 @@ class PPOConfig:
         _check(self.max_grad_norm > 0, f"{key}.max_grad_norm", "a number > 0")
         _check(self.selection_folds == 0 or 2 <= self.selection_folds <= 10, f"{key}.selection_folds",
                "0 (keep the last iteration) or a number of folds from 2 to 10")
+        _check(0.0 <= self.selection_tolerance < 1.0, f"{key}.selection_tolerance",
+               "a fraction in [0, 1) of the cross-validated gain over the untrained policy")
         _check(self.eval_every >= 1, f"{key}.eval_every", "an integer >= 1")
         _check(self.total_timesteps >= self.num_envs * self.num_steps, f"{key}.total_timesteps",
                "at least num_envs * num_steps")

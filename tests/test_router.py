@@ -318,8 +318,11 @@ def test_ppo_keeps_the_iteration_with_the_best_cross_validated_return():
     checked = [h["val_return"] for h in history if "val_return" in h]
     assert len(checked) == len(history) // 2 + (len(history) % 2)
     kept = history[-1]["selected_iteration"]
-    assert history[kept - 1]["val_return"] == max(checked) == history[-1]["best_val_return"]
-    assert history[kept - 1]["val_return"] > history[-1]["untrained_val_return"]
+    assert history[kept - 1]["val_return"] == history[-1]["best_val_return"]
+    gain = max(checked) - history[-1]["untrained_val_return"]
+    assert gain > 0 and history[kept - 1]["val_return"] >= max(checked) - ppo.selection_tolerance * gain
+    assert all(h["val_return"] < max(checked) - ppo.selection_tolerance * gain  # the latest within the band
+               for h in history[kept:] if "val_return" in h)
     # the checked value is the mean of the folds' held-out returns, each of the fold's own policy
     cv = cross_validate(t, cfg, ppo, seed=1, scale=cost_scale(t))
     assert cv.best_iteration == kept
@@ -328,6 +331,16 @@ def test_ppo_keeps_the_iteration_with_the_best_cross_validated_return():
     # the policy kept is the whole-train-split run at that iteration: the same seed gives the same weights
     again, _ = train_ppo(t, cfg, ppo, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(agent.state_dict().values(), again.state_dict().values()))
+
+
+def test_keep_iteration_takes_the_latest_within_a_fraction_of_the_gain():
+    from der_pipeline.router.ppo import keep_iteration
+
+    curve = {2: 0.96, 4: 1.0008, 6: 1.0093, 8: 1.0092, 10: 0.99, 12: 1.0092, 14: 0.97}  # untrained 0.51: gain 0.4993
+    assert keep_iteration(curve, 0.51, 0.01) == 12  # band 1.0093 - 0.005: 6, 8 and 12 are in it, 14 is not
+    assert keep_iteration(curve, 0.51, 0.0) == 6  # tolerance 0: the best itself
+    assert keep_iteration(curve, 0.51, 0.5) == 14  # band 1.0093 - 0.25: 14 (0.97) is in it
+    assert keep_iteration({2: 0.3, 4: 0.3, 6: 0.2}, 0.5, 0.01) == 4  # no gain over untrained: the latest exact best
 
 
 def test_best_fixed_path_on_hand_computed_cases():

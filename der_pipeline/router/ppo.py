@@ -129,8 +129,9 @@ class PPORun:
 class CrossValidation:
     """The K-fold choice of the PPO iteration to keep: the policy of fold i is trained on the other folds
     and its greedy return on fold i is checked every ``eval_every`` iterations; the iteration kept is the
-    one with the best mean over the folds (the earliest on a tie). One 94-query fold was too few: its
-    noise, not the policy, decided which iteration was kept (benchmarks/cascade_cv.py)."""
+    latest whose mean over the folds is within ``selection_tolerance`` of the best (``keep_iteration``).
+    One 94-query fold was too few: its noise, not the policy, decided which iteration was kept
+    (benchmarks/cascade_cv.py)."""
     folds: list[tuple[TreeArrays, TreeArrays]]
     curve: dict[int, list[float]]  # iteration -> each fold's held-out greedy return
     untrained: list[float]  # each fold's held-out greedy return before any update
@@ -139,6 +140,19 @@ class CrossValidation:
 
     def mean_return(self, iteration: int) -> float:
         return float(np.mean(self.curve[iteration]))
+
+
+def keep_iteration(mean_returns: dict[int, float], untrained: float, tolerance: float) -> int:
+    """The iteration to keep from the cross-validated curve: the latest whose mean return is within
+    ``tolerance`` x (best - untrained) of the best. Why the latest: once the folds' policies agree (a
+    plateau, often the same greedy routing to 1e-4), the earliest point of the plateau is where the
+    whole-split refit, which sees other queries in its minibatches, has had the fewest updates to get
+    there; the latest point has had the most. The band is a fraction of the gain PPO made over the
+    untrained policy, so it is scale-free across datasets (a return of about 1 on BoolQ, 0.15 on XSum);
+    with no gain, or tolerance 0, it keeps the latest of the exact best."""
+    best = max(mean_returns.values())
+    floor = best - tolerance * max(best - untrained, 0.0)
+    return max(it for it, value in mean_returns.items() if value >= floor)
 
 
 def cross_validate(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: int = 1,
@@ -151,7 +165,8 @@ def cross_validate(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, see
         return None
     runs = [_run_ppo(fit, reward, cfg, seed, scale, val=val) for fit, val in folds]
     curve = {it: [run.val_returns[it] for run in runs] for it in sorted(runs[0].val_returns)}
-    best = max(curve, key=lambda it: (float(np.mean(curve[it])), -it))
+    best = keep_iteration({it: float(np.mean(v)) for it, v in curve.items()},
+                          float(np.mean([run.untrained_val_return for run in runs])), cfg.selection_tolerance)
     return CrossValidation(folds, curve, [run.untrained_val_return for run in runs], best,
                            [run.agent_at(best) for run in runs])
 
