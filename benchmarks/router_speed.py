@@ -42,9 +42,12 @@ def main() -> None:
         steps += env.num_envs
     print(f"{ds}: {train.n_queries} train queries, {steps / (time.perf_counter() - t0):,.0f} env steps/s "
           f"(random legal actions, {env.num_envs} envs)")
-    t0 = time.perf_counter()
-    _, history = train_ppo(train, p.reward, p.ppo, seed=p.seeds[0])
-    print(f"full PPO train ({p.ppo.total_timesteps:,} steps, {len(history)} updates): {time.perf_counter() - t0:.1f} s")
+    for final in ("fold_ensemble", "refit"):  # the refit adds a fourth PPO run to the folds' three
+        cfg = p.override("ppo", final_policy=final).ppo
+        t0 = time.perf_counter()
+        _, history = train_ppo(train, p.reward, cfg, seed=p.seeds[0])
+        print(f"full PPO train, final_policy {final} ({cfg.total_timesteps:,} steps, {len(history)} updates): "
+              f"{time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

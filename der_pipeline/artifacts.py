@@ -251,15 +251,18 @@ def load_train_summary(p: Params, dataset: str) -> dict:
 
 
 def load_policy(path: Path):
-    """(agent, checkpoint dict) of a trained policy."""
+    """(agent, checkpoint dict) of a trained policy: one policy, or a fold ensemble of ``members``."""
     import torch
 
-    from der_pipeline.router.ppo import Agent
+    from der_pipeline.router.ppo import Agent, FoldEnsemble
 
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no trained policy; run `der-pipeline train` (or `dvc repro`) first")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    members = ckpt.get("members", 0)  # checkpoints written before fold ensembles hold one policy
     agent = Agent(ckpt["obs_dim"], ckpt["n_actions"], ckpt["hidden"])
+    if members:
+        agent = FoldEnsemble([Agent(ckpt["obs_dim"], ckpt["n_actions"], ckpt["hidden"]) for _ in range(members)])
     agent.load_state_dict(ckpt["state_dict"])
     agent.eval()
     return agent, ckpt

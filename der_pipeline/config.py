@@ -270,6 +270,7 @@ class PPOConfig:
     selection_folds: int  # K: the PPO iteration kept is chosen by K-fold cross-validation on the train split (0 = keep the last)
     selection_tolerance: float  # keep the latest iteration within this fraction of the CV gain (best - untrained) of the best
     eval_every: int  # iterations between validation checks
+    final_policy: Literal["fold_ensemble", "refit"]  # the policy kept after cross-validation (router/ppo.py)
 
     def validate(self, key: str) -> None:
         _check(0.0 <= self.gamma <= 1.0, f"{key}.gamma", "a discount in [0, 1]")

@@ -44,7 +44,7 @@ CELLS = [
     ("code", "from der_pipeline.artifacts import load_scores\ns = pl.from_arrow(load_scores(p, 'boolq'))\n"
              "s.group_by('task_score').agg(pl.len(), pl.col('bertscore_f1').mean().alias('mean BERTScore F1')).sort('task_score')"),
     ("md", "## 5. Train a router on the cached tree\nHand-written PPO (cleanrl style) on the train split, keeping the "
-           "iteration chosen by 3-fold cross-validation on the train split, then refitted on all of it; seconds on a CPU."),
+           "iteration chosen by 3-fold cross-validation on the train split; the policy kept is the three folds' policies at it, averaged; seconds on a CPU."),
     ("code", "from der_pipeline.evaluate.common import load_split, summarize, public\n"
              "from der_pipeline.router.ppo import train_ppo\nfrom der_pipeline.router.methods import PolicyRouter\n"
              "split = load_split(p, 'boolq')\n"

@@ -328,9 +328,48 @@ def test_ppo_keeps_the_iteration_with_the_best_cross_validated_return():
     assert cv.best_iteration == kept
     per_fold = [greedy_return(a, val, cfg, cost_scale(t), "query_answer") for a, (_, val) in zip(cv.agents, cv.folds)]
     assert np.mean(per_fold) == pytest.approx(max(checked), abs=1e-6)
-    # the policy kept is the whole-train-split run at that iteration: the same seed gives the same weights
+    # the policy kept (ppo.final_policy: fold_ensemble) is the folds' policies at that iteration
+    from der_pipeline.router.ppo import FoldEnsemble
+
+    assert isinstance(agent, FoldEnsemble) and len(agent.members) == 3
+    for member, fold_agent in zip(agent.members, cv.agents):
+        assert all(torch.equal(x, y) for x, y in zip(member.state_dict().values(), fold_agent.state_dict().values()))
+    # and the same seed gives the same weights
     again, _ = train_ppo(t, cfg, ppo, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(agent.state_dict().values(), again.state_dict().values()))
+    # the refit: one policy, the whole-train-split run stopped at the kept iteration
+    refit, refit_log = train_ppo(t, cfg, dataclasses.replace(ppo, final_policy="refit"), seed=1)
+    assert not isinstance(refit, FoldEnsemble) and refit_log[-1]["selected_iteration"] == kept
+
+
+def test_fold_ensemble_averages_its_members_action_probabilities(tmp_path, repo_params):
+    from der_pipeline.artifacts import load_policy
+    from der_pipeline.router.ppo import Agent, FoldEnsemble
+    from der_pipeline.router.train import save_policy
+
+    torch.manual_seed(0)
+    members = [Agent(5, 4, hidden=8) for _ in range(3)]
+    with torch.no_grad():  # member i prefers action i strongly; member 2 prefers action 2 only a little
+        for i, m in enumerate(members):
+            m.actor[-1].weight.zero_()
+            m.actor[-1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0]))
+            m.actor[-1].bias[i] = [4.0, 4.0, 0.5][i]
+    ensemble = FoldEnsemble(members)
+    x = torch.randn(2, 5)
+    mask = torch.tensor([[True, True, True, False], [False, True, True, True]])
+    probs = torch.softmax(ensemble.masked_logits(x, mask), dim=1)
+    each = torch.stack([torch.softmax(m.masked_logits(x, mask), dim=1) for m in members]).mean(0)
+    assert torch.allclose(probs, each, atol=1e-6)  # the mean of the members' distributions
+    assert probs[0, 3] < 1e-6 and probs[1, 0] < 1e-6  # masked actions stay masked
+    # row 0: actions 0 and 1 each get one member's 0.95, action 2 a mild preference: the tie is 0 or 1
+    assert ensemble.greedy(x, mask)[0].item() in (0, 1)
+    # row 1 (action 0 masked): member 0 is spread over 1..3, so action 1 has the most mass in total
+    assert ensemble.greedy(x, mask)[1].item() == 1
+    # a saved ensemble loads back as one, with the same outputs
+    save_policy(ensemble, tmp_path / "policy.pt", experts=["a"], scale=1.0, p=repo_params, obs_dim=5, seed=1)
+    loaded, ckpt = load_policy(tmp_path / "policy.pt")
+    assert ckpt["members"] == 3 and isinstance(loaded, FoldEnsemble)
+    assert torch.allclose(loaded.masked_logits(x, mask), ensemble.masked_logits(x, mask))
 
 
 def test_keep_iteration_takes_the_latest_within_a_fraction_of_the_gain():

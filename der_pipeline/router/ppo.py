@@ -5,8 +5,10 @@ Rollouts of ``num_envs`` x ``num_steps`` from the batched tree environment, GAE,
 clipped surrogate, clipped value loss, entropy bonus, gradient clipping,
 minibatch epochs, linear learning-rate annealing, seeded.
 
-Which iteration is kept: K-fold cross-validation on the train split (``ppo.selection_folds``), then
-the same PPO on the whole train split, stopped in effect at the iteration the folds chose.
+Which iteration is kept: K-fold cross-validation on the train split (``ppo.selection_folds``). The
+policy kept (``ppo.final_policy``) is either the K folds' policies at that iteration, their action
+probabilities averaged (``fold_ensemble``: every member is a policy whose held-out routing was
+measured), or the same PPO run again on the whole train split, stopped at that iteration (``refit``).
 """
 from __future__ import annotations
 
@@ -60,6 +62,32 @@ class Agent(nn.Module):
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action), probs.entropy(), self.critic(x)
+
+    @torch.no_grad()
+    def greedy(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.masked_logits(x, mask).argmax(dim=1)
+
+
+class FoldEnsemble(nn.Module):
+    """The K folds' policies as one: the action distribution is the mean of theirs (so its greedy action
+    is the one they give the most probability together). ``masked_logits`` returns the log of that mean,
+    so a softmax of it gives the mean probabilities back. Why not a refit on the whole train split: PPO's
+    path depends on its data, and a refit stopped at the folds' iteration is a different policy, never
+    validated; on SST-2 at alpha = 0.05 the folds' policies escalated on 24% of their held-out queries and
+    the refits on none (benchmarks/final_policy.py compares the two out of sample)."""
+
+    def __init__(self, members: list[Agent]):
+        super().__init__()
+        if not members:
+            raise ValueError("a fold ensemble needs at least one policy")
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.obs_dim, self.n_actions, self.hidden = first.obs_dim, first.n_actions, first.hidden
+
+    def masked_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logp = torch.stack([torch.log_softmax(m.masked_logits(x, mask), dim=1) for m in self.members])
+        mean = torch.logsumexp(logp, dim=0) - np.log(len(self.members))
+        return torch.where(mask, mean, torch.full((), MASKED))
 
     @torch.no_grad()
     def greedy(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -137,6 +165,7 @@ class CrossValidation:
     untrained: list[float]  # each fold's held-out greedy return before any update
     best_iteration: int
     agents: list[Agent]  # each fold's policy at best_iteration: out-of-fold routing of the train split
+    runs: list[PPORun]  # each fold's run (its training log)
 
     def mean_return(self, iteration: int) -> float:
         return float(np.mean(self.curve[iteration]))
@@ -168,29 +197,33 @@ def cross_validate(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, see
     best = keep_iteration({it: float(np.mean(v)) for it, v in curve.items()},
                           float(np.mean([run.untrained_val_return for run in runs])), cfg.selection_tolerance)
     return CrossValidation(folds, curve, [run.untrained_val_return for run in runs], best,
-                           [run.agent_at(best) for run in runs])
+                           [run.agent_at(best) for run in runs], runs)
 
 
 def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: int = 1, log_path: Path | None = None,
-              scale: float | None = None) -> tuple[Agent, list[dict]]:
+              scale: float | None = None) -> tuple[Agent | FoldEnsemble, list[dict]]:
     """PPO on ``arrays`` (the train split). With ``cfg.selection_folds`` = K >= 2, K-fold cross-validation
-    (``cross_validate``) chooses how many iterations to keep; then PPO runs on the whole train split with
-    the same seed and the policy kept is its state at that iteration, so a policy that memorises its
-    training queries is not kept and no train query is left out of the final fit. Each checked row of the
-    log carries the cross-validated return (``val_return``, the mean over folds, and ``val_return_folds``);
-    the log's last line marks the kept iteration. K = 0 keeps the last iteration."""
+    (``cross_validate``) chooses how many iterations to keep, and the policy kept is ``cfg.final_policy``:
+    the folds' policies at that iteration (``fold_ensemble``; the log's rows are the folds' training
+    statistics, averaged) or a run on the whole train split with the same seed, stopped there (``refit``).
+    Either way a policy that memorises its training queries is not kept. Each checked row of the log
+    carries the cross-validated return (``val_return``, the mean over folds, and ``val_return_folds``);
+    the log's last line marks the kept iteration. K = 0 keeps the last iteration of one run."""
     scale = scale if scale is not None else cost_scale(arrays)
     cv = cross_validate(arrays, reward, cfg, seed, scale)
-    run = _run_ppo(arrays, reward, cfg, seed, scale, keep=cv.best_iteration if cv else None)
-    history, agent = run.rows, run.agent
+    if cv is not None and cfg.final_policy == "fold_ensemble":
+        history = _mean_rows([run.rows for run in cv.runs])
+        agent = FoldEnsemble(cv.agents)
+    else:
+        run = _run_ppo(arrays, reward, cfg, seed, scale, keep=cv.best_iteration if cv else None)
+        history, agent = run.rows, (run.agent_at(cv.best_iteration) if cv else run.agent)
     if cv is not None:
         for row in history:
             if row["iteration"] in cv.curve:
                 row["val_return"] = cv.mean_return(row["iteration"])
                 row["val_return_folds"] = [round(v, 4) for v in cv.curve[row["iteration"]]]
-        agent = run.agent_at(cv.best_iteration)
         kept = {"selected_iteration": cv.best_iteration, "best_val_return": cv.mean_return(cv.best_iteration),
-                "untrained_val_return": float(np.mean(cv.untrained))}
+                "untrained_val_return": float(np.mean(cv.untrained)), "final_policy": cfg.final_policy}
         history[-1].update(kept)
     if log_path:
         lines = [json.dumps(row) for row in history]
@@ -198,6 +231,12 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
             lines.append(json.dumps({"kept": kept}))
         Path(log_path).write_text("\n".join(lines) + "\n")
     return agent, history
+
+
+def _mean_rows(runs: list[list[dict]]) -> list[dict]:
+    """Per iteration, the mean of each statistic over several runs' logs (the folds' runs)."""
+    return [{k: (row[k] if k in ("iteration", "global_step") else float(np.mean([r[i][k] for r in runs])))
+             for k in row} for i, row in enumerate(runs[0])]
 
 
 def _run_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: int, scale: float,

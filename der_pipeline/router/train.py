@@ -12,15 +12,16 @@ from der_pipeline.config import Params
 from der_pipeline.io import write_json
 from der_pipeline.router.arrays import build_arrays, cost_scale, split_arrays
 from der_pipeline.router.env import obs_dim as env_obs_dim
-from der_pipeline.router.ppo import Agent, train_ppo
+from der_pipeline.router.ppo import Agent, FoldEnsemble, train_ppo
 
 
-def save_policy(agent: Agent, path: Path, *, experts: list[str], scale: float, p: Params, obs_dim: int,
+def save_policy(agent: Agent | FoldEnsemble, path: Path, *, experts: list[str], scale: float, p: Params, obs_dim: int,
                 seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": agent.state_dict(), "obs_dim": obs_dim, "n_actions": 2 * len(experts) + 1, "seed": seed,
-                "hidden": p.ppo.hidden, "experts": experts, "cost_scale": scale,
+    members = len(agent.members) if isinstance(agent, FoldEnsemble) else 0  # 0: one policy
+    torch.save({"state_dict": agent.state_dict(), "members": members, "obs_dim": obs_dim,
+                "n_actions": agent.n_actions, "seed": seed, "hidden": agent.hidden, "experts": experts, "cost_scale": scale,
                 "reward": dataclasses.asdict(p.reward), "ppo": dataclasses.asdict(p.ppo),
                 "embedder": p.signals.embedder}, tmp)
     tmp.replace(path)
