@@ -1,7 +1,8 @@
 """At which price does the train split say the routing goal is within reach? For each alpha of
 ``evaluate.alpha_sweep``: DER, the confidence cascade and the best fixed path, each fitted on K-1 folds
 of the train split (DER: the folds' policies of ``ppo.selection_folds`` cross-validation, at the
-iteration kept) and scored on the held-out fold, beside the strongest single expert of the train split.
+iteration kept: ``CrossValidation.out_of_fold``, what the curves stage chooses the goal's price from) and
+scored on the held-out fold, beside the strongest single expert of the train split.
 
 The goal (issue 14): a score at least the strongest expert's at no more than ``--share`` (70%) of its
 mean cost. Out of fold, "goal" marks the methods that reach it. The alpha of the params (the proposal's
@@ -20,7 +21,7 @@ import numpy as np
 
 from der_pipeline.config import load_params
 from der_pipeline.evaluate.common import load_split
-from der_pipeline.router.methods import BestFixedPath, ConfidenceCascade, greedy_paths
+from der_pipeline.router.methods import BestFixedPath, ConfidenceCascade
 from der_pipeline.router.ppo import cross_validate, selection_folds
 
 
@@ -77,10 +78,9 @@ def main() -> None:
             }
             der = []
             for seed in args.seeds:
-                cv = cross_validate(train, q.reward, q.ppo, seed=seed, scale=scale)
-                agents = iter(cv.agents)
-                der.append(out_of_fold(cv.folds, lambda fit, val, it=agents, q=q, s=scale: greedy_paths(
-                    next(it), val, s, q.reward, q.ppo.state)))
+                pt = cross_validate(train, q.reward, q.ppo, seed=seed, scale=scale).out_of_fold(
+                    q.reward, scale, q.ppo.state)
+                der.append((pt["score"], pt["cost_gflops"], pt["two_calls"]))
             rows["DER"] = tuple(float(np.mean([d[k] for d in der])) for k in range(3))
             for name, (score, cost, two) in rows.items():
                 goal = "goal" if score >= s_score and cost <= budget else ""

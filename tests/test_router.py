@@ -520,3 +520,48 @@ def test_conf_features_carry_the_yes_no_margin():
     assert sure_no["yes_margin"] == pytest.approx(0.9) and toss["yes_margin"] == 0.0
     assert span["yes_prob"] == 0.5 and span["yes_margin"] == 0.0 and span["length"] == 1.0  # not a yes/no answer
     assert conf_features(None) == [0.5, 0.0, 0.0, 0.0, 0.0, 0.0]  # no signals: no confidence either way
+
+
+class _ConstantPolicy:
+    """A policy that answers with ``first`` and then takes ``second`` (STOP is masked only at t = 0)."""
+
+    def __init__(self, first: int, second: int):
+        self.first, self.second = first, second
+
+    def greedy(self, obs, mask):
+        return torch.full((mask.shape[0],), self.second if bool(mask[0, -1]) else self.first, dtype=torch.long)
+
+
+def test_out_of_fold_scores_each_folds_policy_on_its_own_held_out_queries():
+    from der_pipeline.router.ppo import CrossValidation, selection_folds
+
+    t = synthetic_tree(n_queries=60, n_experts=2, good=1)  # e1 right (cost 2), e0 wrong (cost 1); e0>e1 right
+    folds = selection_folds(t, 3)
+    cfg = reward_cfg(signal="task", form="terminal", alpha=0.1, actions="ktp_and_fresh")
+    # fold 0's policy: e0 and STOP (score 0, cost 1); folds 1 and 2: e0, then e1 refines (score 1, cost 1 + 2)
+    agents = [_ConstantPolicy(ANSWER0, STOP), _ConstantPolicy(ANSWER0, REFINE1), _ConstantPolicy(ANSWER0, REFINE1)]
+    cv = CrossValidation(folds, {}, [], 0, agents, [])
+    held = [val.n_queries for _, val in folds]
+    got = cv.out_of_fold(cfg, cost_scale(t), "query_answer")
+    share = (held[1] + held[2]) / 60
+    assert got["score"] == pytest.approx(share)
+    assert got["cost_gflops"] == pytest.approx((held[0] * 1.0 + (held[1] + held[2]) * 3.0) / 60)
+    assert got["two_calls"] == pytest.approx(share)
+
+
+def test_the_kept_policy_carries_its_out_of_fold_operating_point(tmp_path, repo_params):
+    from der_pipeline.artifacts import load_policy
+    from der_pipeline.router.ppo import cross_validate
+    from der_pipeline.router.train import save_policy
+
+    t = synthetic_tree(n_queries=64, n_experts=3, good=0)
+    cfg = reward_cfg(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
+    ppo = ppo_cfg(total_timesteps=8_192, num_envs=128, num_steps=8, selection_folds=3, eval_every=2,
+                  state="query_answer")
+    agent, history = train_ppo(t, cfg, ppo, seed=1)
+    cv = cross_validate(t, cfg, ppo, seed=1, scale=cost_scale(t))
+    assert history[-1]["out_of_fold"] == cv.out_of_fold(cfg, cost_scale(t), "query_answer")
+    save_policy(agent, tmp_path / "policy.pt", experts=t.experts, scale=cost_scale(t), p=repo_params,
+                obs_dim=agent.members[0].obs_dim,
+                seed=1, out_of_fold=history[-1]["out_of_fold"])
+    assert load_policy(tmp_path / "policy.pt")[1]["out_of_fold"] == history[-1]["out_of_fold"]

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from der_pipeline.artifacts import load_policy, policy_path, dataset_params
+from der_pipeline.artifacts import dataset_params, load_policy, policy_path
 from der_pipeline.config import Params
 from der_pipeline.evaluate.stats import bootstrap_ci, mean_std
 from der_pipeline.router.arrays import TreeArrays, build_arrays, cost_scale, split_arrays
 from der_pipeline.router.methods import PolicyRouter
-from der_pipeline.schemas import SECONDARY_METRICS
 from der_pipeline.router.ppo import train_ppo
+from der_pipeline.schemas import SECONDARY_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def saved_policies(p: Params, split: DatasetSplit, method_id: str = "der") -> li
         if not _matches(ckpt, p, split.train.experts):
             raise ValueError(f"{path} was trained with other experts or reward/ppo settings than params.yaml; "
                              f"rerun `der-pipeline train` (or `dvc repro`)")
-        routers.append(PolicyRouter(agent, split.scale, p.reward, method_id, state=p.ppo.state))
+        routers.append(PolicyRouter(agent, split.scale, p.reward, method_id, state=p.ppo.state,
+                                    out_of_fold=ckpt.get("out_of_fold")))
     return routers
 
 
@@ -64,8 +65,9 @@ def der_policies(p: Params, split: DatasetSplit, method_id: str = "der",
             pass
     routers = []
     for seed in p.seeds:
-        agent, _ = train_ppo(train, p.reward, p.ppo, seed=seed, scale=split.scale)
-        routers.append(PolicyRouter(agent, split.scale, p.reward, method_id, state=p.ppo.state))
+        agent, history = train_ppo(train, p.reward, p.ppo, seed=seed, scale=split.scale)
+        routers.append(PolicyRouter(agent, split.scale, p.reward, method_id, state=p.ppo.state,
+                                    out_of_fold=history[-1].get("out_of_fold") if history else None))
     return routers
 
 

@@ -68,6 +68,8 @@ def goal_findings(out: dict, frontier: dict | None = None) -> list[str]:
                  + ("met" if met else "not met") + f": DER {der['accuracy']:.3f} against "
                  f"{best['accuracy']:.3f} for {expert_of(out['best_single'])} ({_vs(c)}), at {share:.0%} of its cost"
                  + ("." if met else _shortfall(der, best, share)))
+    if frontier and frontier.get("goal"):
+        lines.append(_goal_at_price(frontier["goal"]))
     if frontier:
         fm = frontier["methods"]
         aiq = {k: fm[k]["aiq"] for k in ("der", "cascade", "mlp", "knn") if k in fm and fm[k]["aiq"] is not None}
@@ -93,6 +95,28 @@ def goal_findings(out: dict, frontier: dict | None = None) -> list[str]:
     if bound and not met:
         lines.append(_goal_bound(bound))
     return lines
+
+
+def _goal_at_price(goal: dict) -> str:
+    """The goal at the price the train split chose (curves.py's ``goal_operating_point``), as a sentence."""
+    tr, strong = goal["train"], goal["strongest"]
+    head = "Goal at a price chosen on the train split"
+    if goal["alpha"] is None:
+        return (f"{head}: at no alpha of the sweep do DER's folds' policies keep their out-of-fold cost within "
+                f"{goal['share']:.0%} of {strong}'s ({tr['strongest_cost_gflops']:.1f} GFLOPs on the train split).")
+    pt, t = tr["der_out_of_fold"][str(goal["alpha"])], goal["test"]
+    verdict = "met" if t["met"] else "not met"
+    gaps = []
+    if t["der_score"] < t["strongest_score"]:
+        gaps.append(f"{t['strongest_score'] - t['der_score']:.3f} of score short")
+    if t["cost_share"] > goal["share"]:
+        gaps.append(f"{t['cost_share'] - goal['share']:.0%} of the cost over")
+    return (f"{head} (alpha {goal['alpha']:g}: of the prices whose out-of-fold DER cost is within {goal['share']:.0%} "
+            f"of {strong}'s, the one with the best out-of-fold score, {pt['score']:.3f} against its "
+            f"{tr['strongest_score']:.3f} at {pt['cost_gflops'] / tr['strongest_cost_gflops']:.0%} of its cost, "
+            f"{pt['two_calls']:.0%} of queries on two calls): {verdict}: on the test split DER {t['der_score']:.3f} "
+            f"against {t['strongest_score']:.3f} ({_vs(t)}), at {t['cost_share']:.0%} of its cost"
+            + (f" ({' and '.join(gaps)})." if gaps else "."))
 
 
 def _goal_bound(bound: dict) -> str:

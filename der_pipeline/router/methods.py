@@ -293,10 +293,13 @@ class ConfidenceCascade(Router):
 
 
 class PolicyRouter(Router):
-    """A trained DER policy, greedy: runs the MDP on every test query once."""
+    """A trained DER policy, greedy: runs the MDP on every test query once. ``out_of_fold``: its train
+    split's cross-validated operating point (score, cost_gflops, two_calls), where it was cross-validated."""
 
-    def __init__(self, agent, scale: float, reward: RewardConfig, method_id: str = "der", state: str = "query_answer"):
+    def __init__(self, agent, scale: float, reward: RewardConfig, method_id: str = "der", state: str = "query_answer",
+                 out_of_fold: dict | None = None):
         self.agent, self.scale, self.reward, self.id, self.state = agent, scale, reward, method_id, state
+        self.out_of_fold = out_of_fold
 
     def route(self, test: TreeArrays) -> np.ndarray:
         return one_hot_paths(test, greedy_paths(self.agent, test, self.scale, self.reward, self.state))

@@ -26,6 +26,7 @@ from torch.distributions.categorical import Categorical
 from der_pipeline.config import PPOConfig, RewardConfig
 from der_pipeline.router.arrays import TreeArrays, cost_scale
 from der_pipeline.router.env import T_MAX, VectorTreeEnv
+from der_pipeline.router.methods import greedy_paths
 
 MASKED = -1e9
 
@@ -170,6 +171,22 @@ class CrossValidation:
     def mean_return(self, iteration: int) -> float:
         return float(np.mean(self.curve[iteration]))
 
+    def out_of_fold(self, reward: RewardConfig, scale: float, state: str) -> dict:
+        """What the kept folds' policies do on the queries they did not train on: the mean task score and
+        the mean cost (GFLOPs) of the greedy paths over every held-out fold, and the share of two-call
+        paths. Each train query is held out once, so this is the train split's own out-of-sample estimate
+        of DER's operating point (the curves stage chooses the goal's price from it; the test split is
+        never read)."""
+        score, cost, two = [], [], []
+        for (_, val), agent in zip(self.folds, self.agents):
+            idx = greedy_paths(agent, val, scale, reward, state)
+            rows = np.arange(val.n_queries)
+            score.append(val.path_matrix("task")[rows, idx])
+            cost.append(val.path_matrix("cost")[rows, idx])
+            two.append(idx >= val.n_experts)
+        return {"score": float(np.concatenate(score).mean()), "cost_gflops": float(np.concatenate(cost).mean()),
+                "two_calls": float(np.concatenate(two).mean())}
+
 
 def keep_iteration(mean_returns: dict[int, float], untrained: float, tolerance: float) -> int:
     """The iteration to keep from the cross-validated curve: the latest whose mean return is within
@@ -208,7 +225,8 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
     statistics, averaged) or a run on the whole train split with the same seed, stopped there (``refit``).
     Either way a policy that memorises its training queries is not kept. Each checked row of the log
     carries the cross-validated return (``val_return``, the mean over folds, and ``val_return_folds``);
-    the log's last line marks the kept iteration. K = 0 keeps the last iteration of one run."""
+    the log's last line marks the kept iteration, with the folds' out-of-fold operating point
+    (``CrossValidation.out_of_fold``). K = 0 keeps the last iteration of one run."""
     scale = scale if scale is not None else cost_scale(arrays)
     cv = cross_validate(arrays, reward, cfg, seed, scale)
     if cv is not None and cfg.final_policy == "fold_ensemble":
@@ -223,7 +241,8 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
                 row["val_return"] = cv.mean_return(row["iteration"])
                 row["val_return_folds"] = [round(v, 4) for v in cv.curve[row["iteration"]]]
         kept = {"selected_iteration": cv.best_iteration, "best_val_return": cv.mean_return(cv.best_iteration),
-                "untrained_val_return": float(np.mean(cv.untrained)), "final_policy": cfg.final_policy}
+                "untrained_val_return": float(np.mean(cv.untrained)), "final_policy": cfg.final_policy,
+                "out_of_fold": cv.out_of_fold(reward, scale, cfg.state)}
         history[-1].update(kept)
     if log_path:
         lines = [json.dumps(row) for row in history]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from der_pipeline.artifacts import model_dir, dataset_params
+from der_pipeline.artifacts import dataset_params, model_dir
 from der_pipeline.config import Params
 from der_pipeline.io import write_json
 from der_pipeline.router.arrays import build_arrays, cost_scale, split_arrays
@@ -16,14 +16,16 @@ from der_pipeline.router.ppo import Agent, FoldEnsemble, train_ppo
 
 
 def save_policy(agent: Agent | FoldEnsemble, path: Path, *, experts: list[str], scale: float, p: Params, obs_dim: int,
-                seed: int) -> None:
+                seed: int, out_of_fold: dict | None = None) -> None:
+    """The policy and what it was trained with; ``out_of_fold``: the train split's cross-validated
+    operating point of the kept folds' policies (None without cross-validation)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     members = len(agent.members) if isinstance(agent, FoldEnsemble) else 0  # 0: one policy
     torch.save({"state_dict": agent.state_dict(), "members": members, "obs_dim": obs_dim,
                 "n_actions": agent.n_actions, "seed": seed, "hidden": agent.hidden, "experts": experts, "cost_scale": scale,
                 "reward": dataclasses.asdict(p.reward), "ppo": dataclasses.asdict(p.ppo),
-                "embedder": p.signals.embedder}, tmp)
+                "embedder": p.signals.embedder, "out_of_fold": out_of_fold}, tmp)
     tmp.replace(path)
 
 
@@ -70,7 +72,8 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         agent, history = train_ppo(train, p.reward, p.ppo, seed=seed, log_path=folder / "train_log.jsonl", scale=scale)
         obs_dim = env_obs_dim(p.ppo.state, arrays.q_emb.shape[1], arrays.conf1.shape[-1], arrays.n_experts)
-        save_policy(agent, folder / "policy.pt", experts=arrays.experts, scale=scale, p=p, obs_dim=obs_dim, seed=seed)
+        save_policy(agent, folder / "policy.pt", experts=arrays.experts, scale=scale, p=p, obs_dim=obs_dim, seed=seed,
+                    out_of_fold=history[-1].get("out_of_fold") if history else None)
         plot_training(history, folder / "training_curve.png", f"{dataset}: PPO seed {seed}, alpha={p.reward.alpha:g}, "
                       f"form={p.reward.form}, signal={p.reward.signal}")
         last = history[-1] if history else {}
@@ -80,7 +83,9 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
                          "selected_iteration": last.get("selected_iteration"),
                          "best_val_return": round(last["best_val_return"], 4) if "best_val_return" in last else None,
                          "untrained_val_return": (round(last["untrained_val_return"], 4)
-                                                  if last.get("untrained_val_return") is not None else None)})
+                                                  if last.get("untrained_val_return") is not None else None),
+                         "out_of_fold": ({k: round(v, 4) for k, v in last["out_of_fold"].items()}
+                                         if last.get("out_of_fold") else None)})
     summary = {"dataset": dataset, "train_queries": train.n_queries, "seeds": per_seed}
     write_json(summary, out / "train_summary.json")  # tracked by DVC: no timings, so a rerun changes nothing
     return {**summary, "out": str(out), "seconds": round(time.perf_counter() - t0, 2)}
