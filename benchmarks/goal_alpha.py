@@ -2,7 +2,9 @@
 ``evaluate.alpha_sweep``: DER, the confidence cascade and the best fixed path, each fitted on K-1 folds
 of the train split (DER: the folds' policies of ``ppo.selection_folds`` cross-validation, at the
 iteration kept: ``CrossValidation.out_of_fold``, what the curves stage chooses the goal's price from) and
-scored on the held-out fold, beside the strongest single expert of the train split.
+scored on the held-out fold, beside the strongest single expert of the train split. For DER it also
+prints the share of the folds' policies that send every held-out query down one path: where most do, its
+out-of-fold point is a mix of fixed paths, not a router.
 
 The goal (issue 14): a score at least the strongest expert's at no more than ``--share`` (70%) of its
 mean cost. Out of fold, "goal" marks the methods that reach it. The alpha of the params (the proposal's
@@ -80,13 +82,15 @@ def main() -> None:
             for seed in args.seeds:
                 pt = cross_validate(train, q.reward, q.ppo, seed=seed, scale=scale).out_of_fold(
                     q.reward, scale, q.ppo.state)
-                der.append((pt["score"], pt["cost_gflops"], pt["two_calls"]))
+                der.append((pt["score"], pt["cost_gflops"], pt["two_calls"], pt["constant_folds"]))
             rows["DER"] = tuple(float(np.mean([d[k] for d in der])) for k in range(3))
+            constant = float(np.mean([d[3] for d in der]))
             for name, (score, cost, two) in rows.items():
                 goal = "goal" if score >= s_score and cost <= budget else ""
+                note = f", constant fold policies {constant:4.0%}" if name == "DER" else ""
                 print(f"  alpha {alpha:<5g} {name:16s} score {score:.3f} at {cost:6.1f} GFLOPs "
                       f"({cost / s_cost:4.0%} of the strongest's), two calls {two:4.0%}, utility "
-                      f"{score - alpha * cost / scale:.4f} {goal}")
+                      f"{score - alpha * cost / scale:.4f}{note} {goal}")
 
 
 if __name__ == "__main__":

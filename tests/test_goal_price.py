@@ -12,8 +12,8 @@ from der_pipeline.router.methods import one_hot_paths
 class _Routed:
     """A DER policy stand-in: its out-of-fold point, and one path for every test query."""
 
-    def __init__(self, score, cost, path):
-        self.out_of_fold = {"score": score, "cost_gflops": cost, "two_calls": 0.0}
+    def __init__(self, score, cost, path, constant=1.0):
+        self.out_of_fold = {"score": score, "cost_gflops": cost, "two_calls": 0.0, "constant_folds": constant}
         self.path = path
 
     def route(self, arrays):
@@ -34,7 +34,8 @@ def test_the_price_is_the_best_out_of_fold_score_within_the_cost_budget(repo_par
     goal = goal_operating_point(repo_params, _split(), der_at)
     assert goal["alpha"] == 0.1 and goal["strongest"] == "e1"
     assert goal["train"]["strongest_score"] == 1.0 and goal["train"]["strongest_cost_gflops"] == 2.0
-    assert goal["train"]["der_out_of_fold"]["0.05"] == {"score": 0.85, "cost_gflops": 1.1, "two_calls": 0.0}
+    assert goal["train"]["der_out_of_fold"]["0.05"] == {"score": 0.85, "cost_gflops": 1.1, "two_calls": 0.0,
+                                                          "constant_folds": 1.0}
     # on the test split: one seed routes to e1 (1 at 2 GFLOPs), the other to e0 (0 at 1): 0.5 at 1.5, 75%
     t = goal["test"]
     assert t["der_score"] == 0.5 and t["der_cost_gflops"] == 1.5 and t["cost_share"] == 0.75
@@ -54,13 +55,19 @@ def test_the_goal_is_met_where_the_test_split_says_so_and_no_price_without_a_bud
 
 
 def test_the_findings_say_the_price_and_the_test_splits_verdict(repo_params):
-    goal = goal_operating_point(repo_params, _split(), {0.05: [_Routed(0.95, 1.2, 1), _Routed(0.85, 1.0, 0)]})
+    goal = goal_operating_point(repo_params, _split(), {0.05: [_Routed(0.95, 1.2, 1, 0.0), _Routed(0.85, 1.0, 0, 1/3)]})
     frontier = {"methods": {}, "goal": goal}
     text = " ".join(dataset_findings(results(0.75, 50.0, 0.3, 0.01), frontier=frontier))
     assert ("Goal at a price chosen on the train split (alpha 0.05: of the prices whose out-of-fold DER cost is "
             "within 70% of e1's, the one with the best out-of-fold score, 0.900 against its 1.000 at 55% of its "
-            "cost, 0% of queries on two calls): not met: on the test split DER 0.500 against 1.000 (-0.500") in text
+            "cost, 0% of queries on two calls, 17% of the folds' policies sending every held-out query down one "
+            "path): not met: on the test split DER 0.500 against 1.000 (-0.500") in text
     assert "at 75% of its cost (0.500 of score short and 5% of the cost over)." in text
+    assert "mix of fixed paths" not in text  # most folds' policies read their state
+    constant = goal_operating_point(repo_params, _split(), {0.05: [_Routed(0.95, 1.2, 1), _Routed(0.85, 1.0, 0)]})
+    text = " ".join(dataset_findings(results(0.75, 50.0, 0.3, 0.01), frontier={"methods": {}, "goal": constant}))
+    assert ("100% of the folds' policies sending every held-out query down one path" in text
+            and "Most of the folds' policies are constant, so that out-of-fold point is a mix of fixed paths" in text)
     none = goal_operating_point(repo_params, _split(), {0.05: [_Routed(0.95, 1.5, 1)]})
     text = " ".join(dataset_findings(results(0.75, 50.0, 0.3, 0.01), frontier={"methods": {}, "goal": none}))
     assert "at no alpha of the sweep do DER's folds' policies keep their out-of-fold cost within 70% of e1's" in text

@@ -532,6 +532,19 @@ class _ConstantPolicy:
         return torch.full((mask.shape[0],), self.second if bool(mask[0, -1]) else self.first, dtype=torch.long)
 
 
+class _SplitPolicy(_ConstantPolicy):
+    """e0 first; then STOP on the first half of the ``n`` queries and e1's refinement on the rest."""
+
+    def __init__(self, n: int):
+        super().__init__(ANSWER0, STOP)
+        self.n = n
+
+    def greedy(self, obs, mask):
+        if not bool(mask[0, -1]):
+            return torch.full((mask.shape[0],), self.first, dtype=torch.long)
+        return torch.where(torch.arange(mask.shape[0]) < self.n // 2, STOP, REFINE1)
+
+
 def test_out_of_fold_scores_each_folds_policy_on_its_own_held_out_queries():
     from der_pipeline.router.ppo import CrossValidation, selection_folds
 
@@ -547,6 +560,9 @@ def test_out_of_fold_scores_each_folds_policy_on_its_own_held_out_queries():
     assert got["score"] == pytest.approx(share)
     assert got["cost_gflops"] == pytest.approx((held[0] * 1.0 + (held[1] + held[2]) * 3.0) / 60)
     assert got["two_calls"] == pytest.approx(share)
+    assert got["constant_folds"] == 1.0  # every fold's policy routes all its held-out queries one way
+    agents[1] = _SplitPolicy(folds[1][1].n_queries)
+    assert cv.out_of_fold(cfg, cost_scale(t), "query_answer")["constant_folds"] == pytest.approx(2 / 3)
 
 
 def test_the_kept_policy_carries_its_out_of_fold_operating_point(tmp_path, repo_params):

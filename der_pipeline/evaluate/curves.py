@@ -104,13 +104,17 @@ def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
     return out, rows
 
 
+OUT_OF_FOLD_KEYS = ("score", "cost_gflops", "two_calls", "constant_folds")  # CrossValidation.out_of_fold
+
+
 def goal_operating_point(p: Params, split, der_at: dict[float, list]) -> dict | None:
     """The alpha of the sweep at which to hold DER to the routing goal, chosen on the train split, and the
     test split's verdict there.
 
     The choice: the strongest expert is the one with the best mean train score (s, at mean cost c_s). At
     each alpha, DER's out-of-fold operating point (score, cost) is the mean over seeds of its folds'
-    policies on their held-out folds (``CrossValidation.out_of_fold``). Among the alphas whose out-of-fold
+    policies on their held-out folds (``CrossValidation.out_of_fold``, with the share of those policies that
+    route every held-out query the same way). Among the alphas whose out-of-fold
     cost is at most GOAL_COST_SHARE x c_s, the one with the highest out-of-fold score is kept (a tie, to 4
     decimals, goes to the lower cost). None where a policy was not cross-validated (``ppo.selection_folds`` < 2); no alpha
     (``alpha`` None) where none keeps the cost within the budget. The verdict: DER's test score (per query,
@@ -124,7 +128,7 @@ def goal_operating_point(p: Params, split, der_at: dict[float, list]) -> dict | 
         points = [r.out_of_fold for r in routers]
         if any(pt is None for pt in points):
             return None
-        oof[alpha] = {k: float(np.mean([pt[k] for pt in points])) for k in ("score", "cost_gflops", "two_calls")}
+        oof[alpha] = {k: float(np.mean([pt[k] for pt in points])) for k in OUT_OF_FOLD_KEYS}
     out = {"strongest": train.experts[strong], "share": GOAL_COST_SHARE,
            "train": {"strongest_score": round(s_score, 4), "strongest_cost_gflops": round(s_cost, 2),
                      "der_out_of_fold": {str(a): {k: round(v, 4) for k, v in pt.items()} for a, pt in oof.items()}},

@@ -114,9 +114,12 @@ def _goal_at_price(goal: dict) -> str:
     return (f"{head} (alpha {goal['alpha']:g}: of the prices whose out-of-fold DER cost is within {goal['share']:.0%} "
             f"of {strong}'s, the one with the best out-of-fold score, {pt['score']:.3f} against its "
             f"{tr['strongest_score']:.3f} at {pt['cost_gflops'] / tr['strongest_cost_gflops']:.0%} of its cost, "
-            f"{pt['two_calls']:.0%} of queries on two calls): {verdict}: on the test split DER {t['der_score']:.3f} "
+            f"{pt['two_calls']:.0%} of queries on two calls, {pt['constant_folds']:.0%} of the folds' policies "
+            f"sending every held-out query down one path): {verdict}: on the test split DER {t['der_score']:.3f} "
             f"against {t['strongest_score']:.3f} ({_vs(t)}), at {t['cost_share']:.0%} of its cost"
-            + (f" ({' and '.join(gaps)})." if gaps else "."))
+            + (f" ({' and '.join(gaps)})." if gaps else ".")
+            + (" Most of the folds' policies are constant, so that out-of-fold point is a mix of fixed paths, not "
+               "a rule that reads the state." if pt["constant_folds"] > 0.5 else ""))
 
 
 def _goal_bound(bound: dict) -> str:

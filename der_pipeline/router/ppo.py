@@ -176,16 +176,20 @@ class CrossValidation:
         the mean cost (GFLOPs) of the greedy paths over every held-out fold, and the share of two-call
         paths. Each train query is held out once, so this is the train split's own out-of-sample estimate
         of DER's operating point (the curves stage chooses the goal's price from it; the test split is
-        never read)."""
-        score, cost, two = [], [], []
+        never read). ``constant_folds``: the share of the folds whose policy sends every held-out query down
+        the same path. Why: a mean over folds of constant policies (one fold's always the specialist,
+        another's always the strongest expert) can look like a router's operating point without any
+        policy reading its state (SST-2, alpha 0.05 and 0.1: benchmarks/goal_alpha.py)."""
+        score, cost, two, constant = [], [], [], []
         for (_, val), agent in zip(self.folds, self.agents):
             idx = greedy_paths(agent, val, scale, reward, state)
             rows = np.arange(val.n_queries)
             score.append(val.path_matrix("task")[rows, idx])
             cost.append(val.path_matrix("cost")[rows, idx])
             two.append(idx >= val.n_experts)
+            constant.append(len(np.unique(idx)) == 1)
         return {"score": float(np.concatenate(score).mean()), "cost_gflops": float(np.concatenate(cost).mean()),
-                "two_calls": float(np.concatenate(two).mean())}
+                "two_calls": float(np.concatenate(two).mean()), "constant_folds": float(np.mean(constant))}
 
 
 def keep_iteration(mean_returns: dict[int, float], untrained: float, tolerance: float) -> int:
