@@ -1,4 +1,5 @@
-"""Environment steps per second and the wall time of a full `train` on the largest available tree.
+"""Environment steps per second and the wall time of a full `train` of one seed on the largest available tree,
+with each PPO batch (``ppo.rollout``) and each final policy, side by side in one run.
 
     python benchmarks/router_speed.py [--params params.yaml]
 """
@@ -42,12 +43,13 @@ def main() -> None:
         steps += env.num_envs
     print(f"{ds}: {train.n_queries} train queries, {steps / (time.perf_counter() - t0):,.0f} env steps/s "
           f"(random legal actions, {env.num_envs} envs)")
-    for final in ("fold_ensemble", "refit"):  # the refit adds a fourth PPO run to the folds' three
-        cfg = p.override("ppo", final_policy=final).ppo
-        t0 = time.perf_counter()
-        _, history = train_ppo(train, p.reward, cfg, seed=p.seeds[0])
-        print(f"full PPO train, final_policy {final} ({cfg.total_timesteps:,} steps, {len(history)} updates): "
-              f"{time.perf_counter() - t0:.1f} s")
+    for rollout in ("all_actions", "sampled"):  # every action's known outcome, or cleanrl's sampled episodes
+        for final in ("fold_ensemble", "refit"):  # the refit adds a fourth PPO run to the folds' three
+            cfg = p.override("ppo", final_policy=final, rollout=rollout).ppo
+            t0 = time.perf_counter()
+            _, history = train_ppo(train, p.reward, cfg, seed=p.seeds[0])
+            print(f"full PPO train, rollout {rollout}, final_policy {final} ({cfg.total_timesteps:,} steps, "
+                  f"{len(history)} updates): {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

@@ -271,6 +271,7 @@ class PPOConfig:
     selection_tolerance: float  # keep the latest iteration within this fraction of the CV gain (best - untrained) of the best
     eval_every: int  # iterations between validation checks
     final_policy: Literal["fold_ensemble", "refit"]  # the policy kept after cross-validation (router/ppo.py)
+    rollout: Literal["sampled", "all_actions"]  # PPO's batch: sampled episodes, or every state with every action's outcome
 
     def validate(self, key: str) -> None:
         _check(0.0 <= self.gamma <= 1.0, f"{key}.gamma", "a discount in [0, 1]")
