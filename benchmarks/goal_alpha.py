@@ -14,6 +14,11 @@ read. Folds are DER's (zlib.crc32(qid) bands), so every method sees the same hel
 
     python benchmarks/goal_alpha.py [--params params.yaml] [--dataset sst2 ...] [--seeds 1 2 3]
                                     [--alphas 0.02 0.05 0.1] [--state confidence] [--share 0.7]
+                                    [--gamma 0]
+
+``--gamma`` sets DER's ``reward.gamma`` (the proposal's bonus for a final P >= p0 and penalty for ending
+two calls below it): with it, an escalation that still ends wrong costs gamma more than stopping wrong,
+so the reward is no longer the score - alpha x cost every method is judged by; at 0 it is exactly that.
 """
 from __future__ import annotations
 
@@ -49,12 +54,17 @@ def main() -> None:
     ap.add_argument("--alphas", type=float, nargs="+", help="default: evaluate.alpha_sweep")
     ap.add_argument("--state", help="DER's state (default: ppo.state)")
     ap.add_argument("--share", type=float, default=0.7, help="the goal's cost budget, a share of the strongest's")
+    ap.add_argument("--gamma", type=float, help="DER's reward.gamma (default: the params')")
     args = ap.parse_args()
     if not 0 < args.share <= 1:
         ap.error("--share must be in (0, 1]")
     p = load_params(args.params)
     if args.state:
         p = p.override("ppo", state=args.state)
+    if args.gamma is not None:
+        if args.gamma < 0:
+            ap.error("--gamma must be at least 0")
+        p = p.override("reward", gamma=args.gamma)
     alphas = args.alphas or p.evaluate.alpha_sweep
     if any(a < 0 for a in alphas):
         ap.error("--alphas must be at least 0")
@@ -68,6 +78,7 @@ def main() -> None:
         s_score, s_cost = float(train.task1[:, strong].mean()), float(train.cost1[:, strong].mean())
         budget = args.share * s_cost
         print(f"{dataset}: {train.n_queries} train queries, {len(folds)} folds, DER state {p.ppo.state}, "
+              f"reward {p.reward.form} with gamma {p.reward.gamma:g}, "
               f"seeds {args.seeds}; strongest expert {train.experts[strong]} scores {s_score:.3f} at "
               f"{s_cost:.1f} GFLOPs; the goal: a score >= {s_score:.3f} at <= {budget:.1f} GFLOPs")
         for alpha in alphas:
@@ -90,7 +101,7 @@ def main() -> None:
                 note = f", constant fold policies {constant:4.0%}" if name == "DER" else ""
                 print(f"  alpha {alpha:<5g} {name:16s} score {score:.3f} at {cost:6.1f} GFLOPs "
                       f"({cost / s_cost:4.0%} of the strongest's), two calls {two:4.0%}, utility "
-                      f"{score - alpha * cost / scale:.4f}{note} {goal}")
+                      f"{score - alpha * cost / scale:.4f}{note} {goal}".rstrip())
 
 
 if __name__ == "__main__":

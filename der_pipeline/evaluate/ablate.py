@@ -78,7 +78,8 @@ def _pct(v) -> str:
 
 def render_ablations(out: dict, p: Params) -> str:
     titles = {"signal": "P signal (reward.signal)", "reward": "Reward (form, or a named preset: ktp-only and proposal "
-                                                             "take away the escalation)",
+                                                             "take away the escalation; sampled-episodes trains "
+                                                             "PPO on cleanrl's sampled rollouts)",
               "state": "State (ppo.state)"}
     parts = []
     for ablation, rows in out["tables"].items():

@@ -326,8 +326,10 @@ def _run_all_actions_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfi
     Per iteration, with the policy before the update (pi_old):
         A1(s1, a) = R1(s1, a) - V1(s1),       V1(s1) = sum_a pi_old(a | s1) R1(s1, a)
         Q0(s0, a) = R0(s0, a) + gamma * V1(s1 after a),   A0 = Q0 - V0,   V0 = sum_a pi_old(a | s0) Q0(s0, a)
-    over every first state s0 and every second state s1 (each expert's first answer, weighted alike, so
-    the decision after an unlikely first expert is learned too). The loss is PPO's clipped surrogate in
+    over every first state s0 and every second state s1 (after each expert's first answer). Each state
+    is weighted by how often pi_old visits it (s0: 1; s1 after expert j: pi_old(j | s0)), so the batch is
+    the on-policy state distribution (weighting the s1 states alike stalled the synthetic learning test in
+    tests/test_router.py). The loss is PPO's clipped surrogate in
     expectation over the actions, sum_a pi_old(a | s) max(-A ratio, -A clip(ratio)), whose gradient at
     ratio = 1 is the exact policy gradient at s; minus ``ent_coef`` x the entropy. There is no critic to
     fit: V is exact. The advantages are scaled by their pi_old-weighted standard deviation (``norm_adv``).
