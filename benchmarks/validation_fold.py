@@ -1,7 +1,7 @@
 """Why PPO keeps the iteration chosen by cross-validation: train and test accuracy of DER with and
 without the K-fold choice (ppo.selection_folds), on a dataset's cached tree (a few PPO runs, minutes).
 
-    python benchmarks/validation_fold.py [--params params.yaml] [--dataset boolq] [--steps 150000]
+    python benchmarks/validation_fold.py [--params params.yaml] [--dataset boolq] [--steps 150000] [--gamma 0.5]
 """
 from __future__ import annotations
 
@@ -25,11 +25,17 @@ def main() -> None:
     ap.add_argument("--dataset", default="boolq")
     ap.add_argument("--steps", type=int, default=150_000, help="PPO steps (long enough to memorise)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--gamma", type=float, help="DER's reward.gamma (default: the params')")
     args = ap.parse_args()
+    if args.gamma is not None and args.gamma < 0:
+        ap.error("--gamma must be >= 0")
     p = load_params(args.params)
+    if args.gamma is not None:
+        p = p.override("reward", gamma=args.gamma)
     split = load_split(p, args.dataset)
     print(f"{args.dataset}: {split.train.n_queries} train / {split.test.n_queries} test queries, "
-          f"{args.steps:,} PPO steps, reward {p.reward.form} alpha={p.reward.alpha:g}, seeds {args.seeds}")
+          f"{args.steps:,} PPO steps, reward {p.reward.form} alpha={p.reward.alpha:g} gamma={p.reward.gamma:g}, "
+          f"seeds {args.seeds}")
     for label, folds in (("no selection (keep the last iteration)", 0),
                          (f"{p.ppo.selection_folds}-fold CV (keep the chosen iteration)", p.ppo.selection_folds)):
         cfg = p.override("ppo", total_timesteps=args.steps, selection_folds=folds).ppo

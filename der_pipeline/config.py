@@ -310,6 +310,7 @@ class TuneConfig:
     form: list[str]
     actions: list[str]
     learning_rate: list[float]
+    gamma: list[float]  # reward.gamma: the proposal's bonus / penalty around p0 (0: the reward is score - alpha x cost)
 
     def validate(self, key: str) -> None:
         for name, allowed in (("state", ("query_answer", "query_answer_confidence", "query", "confidence")),
@@ -319,6 +320,8 @@ class TuneConfig:
                    f"a non-empty list from {list(allowed)}")
         _check(bool(self.learning_rate) and all(v > 0 for v in self.learning_rate), f"{key}.learning_rate",
                "a non-empty list of positive numbers")
+        _check(bool(self.gamma) and all(v >= 0 for v in self.gamma), f"{key}.gamma",
+               "a non-empty list of numbers >= 0")
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,8 @@ def small_params(raw):
     # one reward form and one preset, two states: every kind of ablation row, fewer PPO runs
     raw["evaluate"]["ablations"].update(reward=["terminal", "der-paper"], state=["query_answer_confidence", "confidence"])
     raw["evaluate"]["tune"] = {"state": ["query_answer_confidence", "confidence"], "form": ["per_step"],
-                               "actions": ["ktp_and_fresh"], "learning_rate": [0.00025, 0.001]}
+                               "actions": ["ktp_and_fresh"], "learning_rate": [0.00025, 0.001],
+                               "gamma": [0.5]}
 
 
 def venv_env():

@@ -17,7 +17,8 @@ def fake_split(n):
 @pytest.fixture()
 def small(repo_params):
     p = repo_params.override("evaluate", tune={"state": ["confidence", "query_answer"], "form": ["terminal"],
-                                               "actions": ["ktp_and_fresh"], "learning_rate": [0.001]})
+                                               "actions": ["ktp_and_fresh"], "learning_rate": [0.001],
+                                               "gamma": [0.0]})
     return p.override("ppo", total_timesteps=4096, num_envs=128).override("seeds", seeds=[1, 2])
 
 
@@ -41,3 +42,35 @@ def test_tune_skips_a_train_split_too_small_for_its_folds(small, monkeypatch):
     out = tune_module.tune_dataset(small, "toy")
     assert "no cross-validation" in out["skipped"]
     assert tune_module.render_tune(out, {}).startswith("Tune: skipped")
+
+
+def _row(state, gamma, util):
+    return {"state": state, "form": "terminal", "actions": "ktp_and_fresh", "learning_rate": 0.003, "gamma": gamma,
+            "val_utility": util}
+
+
+def test_pooled_ranks_candidates_by_their_mean_utility_over_datasets():
+    tuned = {"a": {"rows": [_row("confidence", 0.0, 0.70), _row("confidence", 0.5, 0.60)]},
+             "b": {"rows": [_row("confidence", 0.5, 0.30), _row("confidence", 0.0, 0.28)]},
+             "c": {"skipped": "no cross-validation"}}
+    out = tune_module.pooled(tuned)
+    assert out["datasets"] == ["a", "b"]  # the skipped one is left out
+    by_gamma = {r["gamma"]: r for r in out["rows"]}
+    assert by_gamma[0.0]["mean_val_utility"] == pytest.approx(0.49)  # (0.70 + 0.28) / 2
+    assert by_gamma[0.5]["mean_val_utility"] == pytest.approx(0.45)
+    assert (by_gamma[0.0]["worst_shortfall"], by_gamma[0.0]["worst_dataset"]) == (pytest.approx(0.02), "b")
+    assert (by_gamma[0.5]["worst_shortfall"], by_gamma[0.5]["worst_dataset"]) == (pytest.approx(0.10), "a")
+    assert out["best"]["gamma"] == 0.0
+    current = {k: out["best"][k] for k in tune_module.SETTINGS}
+    md = tune_module.render_pooled(out, current)
+    assert "are its best row" in md and md.count("**(params.yaml)**") == 1
+    assert "NOT its best row" in tune_module.render_pooled(out, {**current, "gamma": 0.5})
+
+
+def test_pooled_breaks_a_tie_by_the_grid_order_and_refuses_mismatched_grids():
+    tied = {"a": {"rows": [_row("query_answer_confidence", 0.0, 0.5), _row("confidence", 0.0, 0.5)]}}
+    assert tune_module.pooled(tied)["best"]["state"] == "query_answer_confidence"
+    assert tune_module.pooled({"a": {"skipped": "x"}}) is None
+    with pytest.raises(ValueError, match="b's candidates differ"):
+        tune_module.pooled({"a": {"rows": [_row("confidence", 0.0, 0.5)]},
+                            "b": {"rows": [_row("confidence", 0.5, 0.5)]}})

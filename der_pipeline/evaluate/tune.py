@@ -1,13 +1,18 @@
 """The `tune` stage: which DER settings do best out of fold on the train split.
 
-Every combination of ``evaluate.tune`` (state, reward form, action set, learning rate) is
+Every combination of ``evaluate.tune`` (state, reward form, action set, learning rate, the
+reward's gamma) is
 cross-validated per seed exactly as `train` chooses its iteration (``ppo.selection_folds``
 id-hash folds; the iteration kept is the one with the best mean held-out return), then every
 train query is routed by the greedy policy of the fold that held it out, and the candidate is
 scored by the quantity every method is judged by: the task score minus alpha times the
-normalised cost (params' alpha). The test split is never read. The defaults in
-params.yaml are the best row of this table; `report` shows the table and says
-whether params.yaml still agrees with it. Writes results/tune/<dataset>/.
+normalised cost (params' alpha). The test split is never read.
+
+One setting serves every dataset: ``pooled`` ranks the candidates by their out-of-fold utility
+averaged over the datasets (each dataset's utility is in its own task score, so the mean is the
+sum of every dataset's gain, and a dataset where the candidates tie does not move it); the
+defaults in params.yaml are its best row, and `report` shows both tables and says whether
+params.yaml still agrees. Writes results/tune/<dataset>/.
 """
 from __future__ import annotations
 
@@ -25,13 +30,14 @@ from der_pipeline.router.arrays import TreeArrays, concat_arrays
 from der_pipeline.router.ppo import cross_validate, selection_folds
 
 
-SETTINGS = ("state", "form", "actions", "learning_rate")
+SETTINGS = ("state", "form", "actions", "learning_rate", "gamma")
 
 
 def candidates(p: Params) -> list[dict]:
     grid = p.evaluate.tune
-    return [{"state": s, "form": f, "actions": a, "learning_rate": lr}
-            for s, f, a, lr in itertools.product(grid.state, grid.form, grid.actions, grid.learning_rate)]
+    return [{"state": s, "form": f, "actions": a, "learning_rate": lr, "gamma": g}
+            for s, f, a, lr, g in itertools.product(grid.state, grid.form, grid.actions, grid.learning_rate,
+                                                    grid.gamma)]
 
 
 def _utility(w: np.ndarray, arrays, scale: float, alpha: float) -> tuple[float, float, float]:
@@ -56,7 +62,7 @@ def tune_dataset(p: Params, dataset: str) -> dict:
     alpha = p.reward.alpha
     rows = []
     for cand in candidates(p):
-        q = p.override("reward", form=cand["form"], actions=cand["actions"]).override(
+        q = p.override("reward", form=cand["form"], actions=cand["actions"], gamma=cand["gamma"]).override(
             "ppo", state=cand["state"], learning_rate=cand["learning_rate"])
         per_seed = []
         for seed in p.seeds:
@@ -82,18 +88,18 @@ def current_settings(p: Params) -> dict:
     """params.yaml's values of the tuned settings (tune itself never reads them, so changing them to the
     best row leaves the tune stage up to date)."""
     return {"state": p.ppo.state, "form": p.reward.form, "actions": p.reward.actions,
-            "learning_rate": p.ppo.learning_rate}
+            "learning_rate": p.ppo.learning_rate, "gamma": p.reward.gamma}
 
 
 def render_tune(out: dict, current: dict) -> str:
     if "skipped" in out:
         return f"Tune: skipped ({out['skipped']})."
-    lines = ["| State | Reward form | Actions | Learning rate | Validation score | Cost (norm.) | "
-             "Score - alpha x cost (± std) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| State | Reward form | Actions | Learning rate | Reward gamma | Validation score | Cost (norm.) | "
+             "Score - alpha x cost (± std) |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(out["rows"], key=lambda r: -r["val_utility"]):
         mark = " **(params.yaml)**" if {k: r[k] for k in SETTINGS} == current else ""
         lines.append(f"| {r['state']}{mark} | {r['form']} | {r['actions']} | {r['learning_rate']:g} | "
-                     f"{r['val_score']:.3f} | "
+                     f"{r['gamma']:g} | {r['val_score']:.3f} | "
                      f"{r['val_cost_norm']:.3f} | {r['val_utility']:.3f} ± {r['val_utility_std']:.3f} |")
     f = out["best_fixed_path"]
     lines += ["", f"Each row: DER cross-validated over {out['folds']} folds of the train split's {out['train_queries']} "
@@ -101,6 +107,47 @@ def render_tune(out: dict, current: dict) -> str:
               f"alpha = {out['alpha']:g}; the test split is not used. For reference, the best constant path "
               f"chosen on the other folds scores {f['val_score']:.3f} at cost {f['val_cost_norm']:.3f} "
               f"(utility {f['val_utility']:.3f})."]
+    return "\n".join(lines)
+
+
+def _key(row: dict) -> tuple:
+    return tuple(row[k] for k in SETTINGS)
+
+
+def pooled(tuned: dict[str, dict]) -> dict | None:
+    """One setting for every dataset: each candidate's out-of-fold utility averaged over the datasets that
+    were tuned (skipped ones left out), with its largest shortfall from a dataset's own best row. The best
+    is the highest mean, rounded to 4 decimals as shown; a tie goes to the candidate listed first in
+    ``evaluate.tune``. None when no dataset was tuned."""
+    done = {ds: out for ds, out in sorted(tuned.items()) if "skipped" not in out}
+    if not done:
+        return None
+    keys = [_key(r) for r in next(iter(done.values()))["rows"]]
+    for ds, out in done.items():
+        if sorted(_key(r) for r in out["rows"]) != sorted(keys):
+            raise ValueError(f"tune: {ds}'s candidates differ from the other datasets'; rerun `der-pipeline tune`")
+    util = {ds: {_key(r): r["val_utility"] for r in out["rows"]} for ds, out in done.items()}
+    rows = []
+    for k in keys:
+        short = {ds: max(u.values()) - u[k] for ds, u in util.items()}
+        worst = max(short, key=short.get)
+        rows.append({**dict(zip(SETTINGS, k)), "mean_val_utility": round(float(np.mean([u[k] for u in util.values()])), 4),
+                     "worst_shortfall": round(short[worst], 4), "worst_dataset": worst})
+    best = max(rows, key=lambda r: r["mean_val_utility"])  # max keeps the first of a tie
+    return {"datasets": list(done), "rows": rows, "best": {k: best[k] for k in SETTINGS}}
+
+
+def render_pooled(out: dict, current: dict) -> str:
+    lines = [f"One setting serves every dataset: each candidate's out-of-fold utility (score - alpha x cost), averaged "
+             f"over {', '.join(out['datasets'])}; the defaults in params.yaml are "
+             + ("its best row." if out["best"] == current else
+                f"NOT its best row (the best is {out['best']}): set them and rerun `dvc repro`."), "",
+             "| State | Reward form | Actions | Learning rate | Reward gamma | Mean utility over datasets | "
+             "Largest shortfall from a dataset's best row |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(out["rows"], key=lambda r: -r["mean_val_utility"]):
+        mark = " **(params.yaml)**" if {k: r[k] for k in SETTINGS} == current else ""
+        lines.append(f"| {r['state']}{mark} | {r['form']} | {r['actions']} | {r['learning_rate']:g} | {r['gamma']:g} | "
+                     f"{r['mean_val_utility']:.4f} | {r['worst_shortfall']:.4f} ({r['worst_dataset']}) |")
     return "\n".join(lines)
 
 
