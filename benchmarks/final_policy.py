@@ -51,7 +51,7 @@ def main() -> None:
         for alpha in args.alphas or [p.reward.alpha]:
             q = p.override("reward", alpha=alpha)
             for final in ("refit", "fold_ensemble"):
-                cfg = dataclasses.replace(q.ppo, final_policy=final)
+                cfg = dataclasses.replace(q.ppo, final_policy=final, fallback="none")  # the policies themselves
                 score, cost, two = [], [], []
                 for seed in args.seeds:
                     for k in range(OUTER_FOLDS):

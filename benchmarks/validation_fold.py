@@ -38,7 +38,8 @@ def main() -> None:
           f"seeds {args.seeds}")
     for label, folds in (("no selection (keep the last iteration)", 0),
                          (f"{p.ppo.selection_folds}-fold CV (keep the chosen iteration)", p.ppo.selection_folds)):
-        cfg = p.override("ppo", total_timesteps=args.steps, selection_folds=folds).ppo
+        # the learned policies themselves, never the fixed path kept in place of one (ppo.fallback)
+        cfg = p.override("ppo", total_timesteps=args.steps, selection_folds=folds, fallback="none").ppo
         train_acc, test_acc = [], []
         for seed in args.seeds:
             agent, _ = train_ppo(split.train, p.reward, cfg, seed=seed, scale=split.scale)

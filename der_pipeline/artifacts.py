@@ -251,10 +251,11 @@ def load_train_summary(p: Params, dataset: str) -> dict:
 
 
 def load_policy(path: Path):
-    """(agent, checkpoint dict) of a trained policy: one policy, or a fold ensemble of ``members``."""
+    """(agent, checkpoint dict) of a trained policy: one policy, or a fold ensemble of ``members``; where
+    ``fixed_path`` is set, the best fixed path that was kept in its place (``FixedPathPolicy``)."""
     import torch
 
-    from der_pipeline.router.ppo import Agent, FoldEnsemble
+    from der_pipeline.router.ppo import Agent, FixedPathPolicy, FoldEnsemble
 
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no trained policy; run `der-pipeline train` (or `dvc repro`) first")
@@ -265,4 +266,6 @@ def load_policy(path: Path):
         agent = FoldEnsemble([Agent(ckpt["obs_dim"], ckpt["n_actions"], ckpt["hidden"]) for _ in range(members)])
     agent.load_state_dict(ckpt["state_dict"])
     agent.eval()
+    if ckpt.get("fixed_path") is not None:
+        agent = FixedPathPolicy(ckpt["fixed_path"], len(ckpt["experts"]), agent)
     return agent, ckpt

@@ -14,6 +14,7 @@ def ask(p: Params, dataset: str, question: str, context: str, echo: Callable[[st
     p = dataset_params(p, dataset)
     policy = Policy.load(policy_path(p, dataset), p.expert_names())
     live = LiveRouter(p, answer_type_of(p, dataset))
+    echo(policy.describe())
     cost = 0.0
 
     def show(t: int, probs: dict[str, float], step: Step | None) -> None:

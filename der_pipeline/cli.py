@@ -280,8 +280,9 @@ def evaluate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt
 
 @app.command()
 def tune(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
-    """Compare DER's settings (evaluate.tune: state, reward form, action set) on the train split's validation
-    fold, by score minus alpha x cost; the test split is never read (results/tune/)."""
+    """Compare DER's settings (evaluate.tune: state, reward form, action set, learning rate, reward gamma) on
+    the train split's validation folds, by score minus alpha x cost; the test split is never read
+    (results/tune/)."""
     from der_pipeline.evaluate.tune import tune as run
 
     _tables(params, dataset, run)

@@ -272,6 +272,7 @@ class PPOConfig:
     eval_every: int  # iterations between validation checks
     final_policy: Literal["fold_ensemble", "refit"]  # the policy kept after cross-validation (router/ppo.py)
     rollout: Literal["sampled", "all_actions"]  # PPO's batch: sampled episodes, or every state with every action's outcome
+    fallback: Literal["best_fixed_path", "none"]  # kept instead of a policy that does not beat it out of fold (ppo.py)
 
     def validate(self, key: str) -> None:
         _check(0.0 <= self.gamma <= 1.0, f"{key}.gamma", "a discount in [0, 1]")

@@ -44,12 +44,15 @@ CELLS = [
     ("code", "from der_pipeline.artifacts import load_scores\ns = pl.from_arrow(load_scores(p, 'boolq'))\n"
              "s.group_by('task_score').agg(pl.len(), pl.col('bertscore_f1').mean().alias('mean BERTScore F1')).sort('task_score')"),
     ("md", "## 5. Train a router on the cached tree\nHand-written PPO (cleanrl style) on the train split, keeping the "
-           "iteration chosen by 3-fold cross-validation on the train split; the policy kept is the three folds' policies at it, averaged; seconds on a CPU."),
+           "iteration chosen by 3-fold cross-validation on the train split; the policy kept is the three folds' "
+           "policies at it, averaged, or the best fixed path where that policy does not beat it out of fold by "
+           "more than one standard error (`ppo.fallback`); seconds on a CPU."),
     ("code", "from der_pipeline.evaluate.common import load_split, summarize, public\n"
              "from der_pipeline.router.ppo import train_ppo\nfrom der_pipeline.router.methods import PolicyRouter\n"
              "split = load_split(p, 'boolq')\n"
              "agent, hist = train_ppo(split.train, p.reward, p.override('ppo', total_timesteps=40960).ppo, seed=1, scale=split.scale)\n"
              "print('kept iteration', hist[-1].get('selected_iteration'), 'of', len(hist))\n"
+             "print('DER uses', hist[-1].get('policy'), hist[-1].get('fixed_path_check'))\n"
              "public(summarize([PolicyRouter(agent, split.scale, p.reward, state=p.ppo.state).route(split.test)], split.test, split.scale, p))"),
     ("md", "## 6. The committed results\nProduced by `dvc repro` (the evaluate, curves, ablate and cross_task stages); "
            "the README's results section is written from the same files."),

@@ -65,6 +65,12 @@ def test_the_best_fixed_path_and_learning_findings():
     text = " ".join(dataset_findings(out))
     assert "Best fixed path (small>big" in text and "DER misses it (score -0.010, cost 1.25x)" in text
     assert "kept PPO iterations (12 of 40) reach a mean cross-validated return of 0.900, against 0.500" in text
+    assert "Fallback" not in text  # every seed kept its learned policy
+    check = {"gain": 0.001, "se": 0.01, "beats_fixed_path": False, "path_name": "big"}
+    out["training"] += [{**out["training"][0], "seed": 2, "policy": "best_fixed_path", "fixed_path_check": check}]
+    text = " ".join(dataset_findings(out))
+    assert ("Fallback: in 1 of 2 seeds the learned policy's out-of-fold utility did not beat the best fixed path's "
+            "by more than its standard error, so DER uses that path there (big)") in text
 
 
 def test_a_higher_score_at_a_higher_cost_than_the_best_fixed_path_shows_the_rewards_trade_off():
@@ -105,3 +111,16 @@ def test_parse_rate_line_names_the_paths_below_the_floor():
     low = pl.DataFrame({"path": ["a", "a>b", "b"], "parse_rate": [0.5, 0.9, 1.0]})
     line = parse_rate_line("toy", low)
     assert "2 of 3 paths fall below 95%: a 50.0%, a>b 90.0%" in line and " b 100" not in line
+
+
+def test_the_training_table_says_which_policy_der_uses(repo_params):
+    from der_pipeline.evaluate.report import training_block
+
+    check = {"gain": 0.0021, "se": 0.0105, "beats_fixed_path": False, "path_name": "big"}
+    row = {"seed": 1, "iterations": 32, "selected_iteration": 30, "best_val_return": 0.65, "untrained_val_return": 0.5}
+    out = {"dataset": "no-such-dataset", "training": [
+        {**row, "policy": "learned", "fixed_path_check": {**check, "gain": 0.02, "beats_fixed_path": True}},
+        {**row, "seed": 2, "policy": "best_fixed_path", "fixed_path_check": check}]}
+    text = "\n".join(training_block(repo_params, out, str))
+    assert "| 1 | 30 of 32 | 0.650 | 0.500 | +0.0200 ± 0.0105 | the learned policy |" in text
+    assert "| 2 | 30 of 32 | 0.650 | 0.500 | +0.0021 ± 0.0105 | the fixed path (big) |" in text

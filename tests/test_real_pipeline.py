@@ -169,7 +169,8 @@ def test_train_and_evaluate_outputs(project):
         validated = any("val_return" in r for r in log)  # a train split this small may leave no fold
         assert ("kept" in log[-1]) == validated
         if validated:
-            assert set(log[-1]["kept"]) == {"selected_iteration", "best_val_return", "untrained_val_return"}
+            assert set(log[-1]["kept"]) == {"selected_iteration", "best_val_return", "untrained_val_return",
+                                            "final_policy", "out_of_fold", "fixed_path_check", "policy"}
         assert (project / "models" / "boolq" / f"seed-{seed}" / "training_curve.png").stat().st_size > 1000
     m = json.loads((project / "results" / "evaluate" / "boolq" / "metrics.json").read_text())
     assert m["test_queries"] + m["train_queries"] == N_QUERIES and m["seeds"] == SEEDS
@@ -304,9 +305,40 @@ def test_ask_runs_the_trained_policy_live(project):
                           cwd=project, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "step 0: P(action)" in out and "STOP" not in out.splitlines()[0]  # STOP masked at t = 0
+    assert out.splitlines()[0].startswith("policy: ")  # the learned policy, or the fixed path in its place
+    step0 = next(line for line in out.splitlines() if line.startswith("step 0: P(action)"))
+    assert "STOP" not in step0  # STOP masked at t = 0
     assert "confidence: P(yes)" in out  # the expert's own confidence, computed live
     assert "final answer" in out and "GFLOPs" in out
+
+
+def test_ask_runs_the_best_fixed_path_kept_in_place_of_a_policy(project, tmp_path):
+    """Where ``ppo.fallback`` keeps the best fixed path, ask takes it through the real experts: here the first
+    expert answers, then the second answers afresh, whatever the policy's weights would have done."""
+    import shutil
+
+    import torch
+
+    from der_pipeline.router.arrays import path_index
+
+    path = project / "models" / "boolq" / f"seed-{SEEDS[0]}" / "policy.pt"
+    shutil.copy(path, tmp_path / "policy.pt")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    first, second = ckpt["experts"][:2]
+    ckpt["fixed_path"] = path_index(len(ckpt["experts"]), 0, 1, fresh=True)
+    ckpt["fixed_path_check"] = {"gain": 0.001, "se": 0.01, "beats_fixed_path": False,
+                                "path_name": f"{first}>fresh:{second}"}
+    torch.save(ckpt, path)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "ask", "Is the Eiffel Tower in Paris?"],
+                              cwd=project, capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.copy(tmp_path / "policy.pt", path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"the best fixed path, {first}>fresh:{second}, for every query" in out.splitlines()[0]
+    assert f"-> {first} answers (" in out and f"-> {second} answers afresh (" in out
+    assert f"path {first}>fresh:{second}]" in out
 
 
 def test_ask_refuses_an_empty_question_and_trims_a_long_context(project):

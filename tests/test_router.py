@@ -321,7 +321,7 @@ def test_ppo_keeps_the_iteration_with_the_best_cross_validated_return():
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)
     cfg = reward_cfg(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
     ppo = ppo_cfg(total_timesteps=20_480, num_envs=128, num_steps=8, selection_folds=3, eval_every=2,
-                  state="query_answer")
+                  state="query_answer", fallback="none")  # expert 0 is always right: the fixed path would be kept
     agent, history = train_ppo(t, cfg, ppo, seed=1)
     checked = [h["val_return"] for h in history if "val_return" in h]
     assert len(checked) == len(history) // 2 + (len(history) % 2)
@@ -348,6 +348,103 @@ def test_ppo_keeps_the_iteration_with_the_best_cross_validated_return():
     # the refit: one policy, the whole-train-split run stopped at the kept iteration
     refit, refit_log = train_ppo(t, cfg, dataclasses.replace(ppo, final_policy="refit"), seed=1)
     assert not isinstance(refit, FoldEnsemble) and refit_log[-1]["selected_iteration"] == kept
+
+
+def test_fixed_path_policy_takes_its_path_on_every_query():
+    from der_pipeline.router.arrays import path_index
+    from der_pipeline.router.env import path_actions
+    from der_pipeline.router.methods import greedy_paths
+    from der_pipeline.router.ppo import Agent, FixedPathPolicy
+
+    t, n = synthetic_tree(n_queries=12, n_experts=3), 3
+    cfg = reward_cfg(signal="task", form="terminal", actions="ktp_and_fresh")
+    learned = Agent(10, 2 * n + 1, hidden=8)
+    assert path_actions(n, path_index(n, 2)) == (2, 2 * n)  # a single answer, then STOP
+    assert path_actions(n, path_index(n, 0, 1)) == (0, n + 1)  # 1 refines 0's answer
+    assert path_actions(n, path_index(n, 0, 2, fresh=True)) == (0, 2)  # 2 answers afresh after 0
+    with pytest.raises(ValueError, match="not one of the 21 paths"):
+        path_actions(n, 21)
+    for path in [path_index(n, 1), path_index(n, 2, 0), path_index(n, 0, 2, fresh=True)]:
+        policy = FixedPathPolicy(path, n, learned)
+        assert (greedy_paths(policy, t, cost_scale(t), cfg, "confidence") == path).all()
+        # ask and serve print the action probabilities: all of it on the path's action
+        mask = torch.ones(1, 2 * n + 1, dtype=torch.bool)
+        probs = torch.softmax(policy.masked_logits(torch.zeros(1, 10), mask), dim=1)[0]
+        assert probs[path_actions(n, path)[1]] == pytest.approx(1.0)
+
+
+class _RowPolicy(torch.nn.Module):
+    """A hand-made policy for one held-out fold: expert 0 first; then STOP where ``stop[row]``, else expert 1
+    afresh (rows in the order greedy_paths resets them: the fold's query order)."""
+
+    obs_dim, n_actions, hidden = 0, 5, 0
+
+    def __init__(self, stop):
+        super().__init__()
+        self.stop = torch.as_tensor(stop)
+
+    def greedy(self, x, mask):
+        second = mask[:, -1]  # STOP is allowed at t = 1 only
+        return torch.where(second, torch.where(self.stop, 4, 1), torch.zeros(len(x), dtype=torch.long))
+
+
+def test_fixed_path_check_by_hand():
+    """Out of fold, the per-query utility of a policy that stops exactly on expert 0's right answers,
+    against the best fixed path fitted on the other folds, computed here from the tree's numbers."""
+    from der_pipeline.router.methods import best_fixed_index
+    from der_pipeline.router.ppo import CrossValidation, FixedPathPolicy, fixed_path_check, selection_folds
+
+    q = 30
+    t = synthetic_tree(n_queries=q, n_experts=2, good=1)
+    t.task1[:, 0] = (np.arange(q) % 5 < 2).astype(float)  # expert 0 right on 40% of queries, expert 1 on all
+    t.cost1[:] = [1.0, 10.0]
+    t.cost2[:] = [1.0, 10.0]
+    cfg = reward_cfg(signal="task", form="terminal", actions="ktp_and_fresh", alpha=0.5, gamma=0.0)
+    scale = cost_scale(t)
+    assert scale == 10.0
+    folds = selection_folds(t, 3)
+    agents = [_RowPolicy(val.task1[:, 0] == 1) for _, val in folds]
+    cv = CrossValidation(folds, {}, [], 0, agents, [])
+    assert all(best_fixed_index(fit, 0.5, False) == 1 for fit, _ in folds)  # expert 1 alone: 1 - 0.5 x 1
+    check = fixed_path_check(cv, t, cfg, scale, "confidence")
+    # right first answer: 1 - 0.5 x 1/10 = 0.95, else 1 - 0.5 x 11/10 = 0.45; the fixed path: 0.5
+    diff = np.concatenate([np.where(val.task1[:, 0] == 1, 0.95, 0.45) - 0.5 for _, val in folds])
+    assert check["gain"] == pytest.approx(diff.mean()) and check["gain"] == pytest.approx(0.4 * 0.45 - 0.6 * 0.05)
+    assert check["se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(q))
+    assert check["beats_fixed_path"] and check["path_name"] == "e1" and check["path"] == 1
+    assert check["fixed_out_of_fold"] == {"score": 1.0, "cost_gflops": 10.0, "two_calls": 0.0, "constant_folds": 1.0}
+    # a policy that is the fixed path itself gains nothing, and the tie goes to the fixed path
+    same = CrossValidation(folds, {}, [], 0, [FixedPathPolicy(1, 2, _RowPolicy([])) for _ in folds], [])
+    tie = fixed_path_check(same, t, cfg, scale, "confidence")
+    assert tie["gain"] == 0.0 and tie["se"] == 0.0 and not tie["beats_fixed_path"]
+
+
+def test_train_keeps_the_best_fixed_path_where_the_policy_does_not_beat_it(tmp_path, repo_params):
+    """Expert 0 is always right and the cheapest: no policy can beat answering with it, so the fallback keeps
+    that path (saved and loaded as such, the learned weights beside it); ``fallback: none`` keeps the
+    folds' policies."""
+    from der_pipeline.artifacts import load_policy
+    from der_pipeline.router.ppo import FixedPathPolicy, FoldEnsemble
+    from der_pipeline.router.train import save_policy
+
+    t = synthetic_tree(n_queries=60, n_experts=3, good=0)
+    cfg = reward_cfg(signal="task", form="terminal", alpha=0.1)
+    ppo = ppo_cfg(total_timesteps=8192, num_envs=128, num_steps=8, selection_folds=3, eval_every=2,
+                  state="confidence", fallback="best_fixed_path")
+    agent, history = train_ppo(t, cfg, ppo, seed=1)
+    kept = history[-1]
+    assert isinstance(agent, FixedPathPolicy) and agent.path == 0 and kept["policy"] == "best_fixed_path"
+    assert not kept["fixed_path_check"]["beats_fixed_path"] and kept["fixed_path_check"]["path_name"] == "e0"
+    assert kept["out_of_fold"]["constant_folds"] == 1.0 and kept["out_of_fold"]["score"] == 1.0
+    p = repo_params.override("ppo", fallback="best_fixed_path")
+    save_policy(agent, tmp_path / "policy.pt", experts=t.experts, scale=cost_scale(t), p=p, obs_dim=agent.obs_dim,
+                seed=1, out_of_fold=kept["out_of_fold"], fixed_path_check=kept["fixed_path_check"])
+    loaded, ckpt = load_policy(tmp_path / "policy.pt")
+    assert isinstance(loaded, FixedPathPolicy) and loaded.path == 0 and isinstance(loaded.learned, FoldEnsemble)
+    assert ckpt["fixed_path_check"]["path_name"] == "e0"
+    learned, log = train_ppo(t, cfg, dataclasses.replace(ppo, fallback="none"), seed=1)
+    assert isinstance(learned, FoldEnsemble) and log[-1]["policy"] == "learned"
+    assert log[-1]["fixed_path_check"] == kept["fixed_path_check"]  # checked either way, and logged
 
 
 def test_fold_ensemble_averages_its_members_action_probabilities(tmp_path, repo_params):
@@ -582,7 +679,7 @@ def test_the_kept_policy_carries_its_out_of_fold_operating_point(tmp_path, repo_
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)
     cfg = reward_cfg(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
     ppo = ppo_cfg(total_timesteps=8_192, num_envs=128, num_steps=8, selection_folds=3, eval_every=2,
-                  state="query_answer")
+                  state="query_answer", fallback="none")  # the fallback's own point: see test_train_keeps_...
     agent, history = train_ppo(t, cfg, ppo, seed=1)
     cv = cross_validate(t, cfg, ppo, seed=1, scale=cost_scale(t))
     assert history[-1]["out_of_fold"] == cv.out_of_fold(cfg, cost_scale(t), "query_answer")

@@ -79,7 +79,10 @@ def _pct(v) -> str:
 def render_ablations(out: dict, p: Params) -> str:
     titles = {"signal": "P signal (reward.signal)", "reward": "Reward (form, or a named preset: ktp-only and proposal "
                                                              "take away the escalation; sampled-episodes trains "
-                                                             "PPO on cleanrl's sampled rollouts)",
+                                                             "PPO on cleanrl's sampled rollouts; no-fallback keeps "
+                                                             "the learned policy of every seed, where every other "
+                                                             "row uses the best fixed path in place of one that "
+                                                             "does not beat it out of fold)",
               "state": "State (ppo.state)"}
     parts = []
     for ablation, rows in out["tables"].items():

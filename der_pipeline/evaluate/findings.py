@@ -60,6 +60,13 @@ def goal_findings(out: dict, frontier: dict | None = None) -> list[str]:
         lines.append(f"Learning: the kept PPO iterations ({iters} of {training[0]['iterations']}) reach a mean "
                      f"cross-validated return of {kept:.3f}, against {untrained:.3f} for the untrained policy "
                      f"({kept - untrained:+.3f}).")
+        fell_back = [t for t in training if t.get("policy") == "best_fixed_path"]
+        if fell_back:
+            c = fell_back[0]["fixed_path_check"]
+            lines.append(f"Fallback: in {len(fell_back)} of {len(training)} seeds the learned policy's out-of-fold "
+                         f"utility did not beat the best fixed path's by more than its standard error, so DER "
+                         f"uses that path there ({c['path_name']}); the `no-fallback` row of the reward "
+                         "ablation is the learned policies alone.")
     best = m[out["best_single"]]
     share = der["cost_gflops"] / best["cost_gflops"]
     c = comp[out["best_single"]]

@@ -118,13 +118,18 @@ def training_block(p: Params, out: dict, rel) -> list[str]:
 
     lines = [f"PPO cross-validated on the train split ({p.ppo.selection_folds} id-hash folds), per seed: the "
              "iteration kept and its greedy return on the held-out folds (the mean over folds), against the "
-             "untrained policy's:", "",
-             "| Seed | Kept iteration | Held-out return (kept) | Held-out return (untrained) |",
-             "|---|---|---|---|"]
+             "untrained policy's; then the kept policy's out-of-fold utility over the best fixed path's "
+             "(score - alpha x cost, per query, ± its standard error) and the policy DER uses: the learned one "
+             "where that edge is over one standard error, else the fixed path (`ppo.fallback`, see \"The router\"):",
+             "", "| Seed | Kept iteration | Held-out return (kept) | Held-out return (untrained) | "
+             "Edge over the fixed path (± SE) | DER uses |", "|---|---|---|---|---|---|"]
     for t in rows:
-        u = t.get("untrained_val_return")
+        u, c = t.get("untrained_val_return"), t.get("fixed_path_check")
+        edge = "n/a" if not c else f"{c['gain']:+.4f} ± {c['se']:.4f}"
+        uses = {"learned": "the learned policy", "best_fixed_path": f"the fixed path ({c['path_name']})" if c else
+                "the fixed path"}.get(t.get("policy") or "learned")
         lines.append(f"| {t['seed']} | {t['selected_iteration']} of {t['iterations']} | {t['best_val_return']:.3f} | "
-                     + ("n/a" if u is None else f"{u:.3f}") + " |")
+                     + ("n/a" if u is None else f"{u:.3f}") + f" | {edge} | {uses} |")
     png = model_dir(p, out["dataset"]) / f"seed-{rows[0]['seed']}" / "training_curve.png"
     if png.exists():
         lines += ["", f"![training curve, {out['dataset']}, seed {rows[0]['seed']}]({rel(png)})"]

@@ -84,10 +84,12 @@ def signal_auroc(train) -> dict:
 
 def training_summary(p: Params, dataset: str) -> list[dict]:
     """Per seed: the iteration PPO kept by cross-validation, its cross-validated return, and the untrained
-    policy's (iteration 0), from the train stage's summary."""
+    policy's (iteration 0), and which policy was kept (learned, or the best fixed path in its place, with
+    the out-of-fold check that decided it), from the train stage's summary."""
     p = dataset_params(p, dataset)
     return [{k: s.get(k) for k in ("seed", "iterations", "selected_iteration", "best_val_return",
-                                   "untrained_val_return")} for s in load_train_summary(p, dataset)["seeds"]]
+                                   "untrained_val_return", "policy", "fixed_path_check")}
+            for s in load_train_summary(p, dataset)["seeds"]]
 
 
 def _fmt_std(m: dict) -> str:

@@ -91,6 +91,17 @@ def allowed_actions(t: torch.Tensor, last: torch.Tensor, n: int, ktp_only: bool)
     return mask
 
 
+def path_actions(n: int, path: int) -> tuple[int, int]:
+    """The two actions that take an episode down the flat path ``path`` (arrays.path_index numbers the
+    paths): the first expert, then STOP (a single answer), N + j (j refines) or j (j answers afresh)."""
+    if not 0 <= path < n + 2 * n * n:
+        raise ValueError(f"path {path} is not one of the {n + 2 * n * n} paths of a tree of {n} experts")
+    if path < n:
+        return path, 2 * n
+    first, second = divmod((path - n) % (n * n), n)
+    return first, (n + second if path < n + n * n else second)
+
+
 class TreeTensors:
     """The arrays as torch tensors, with the reward's P signal and normalised costs."""
 

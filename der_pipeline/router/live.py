@@ -105,14 +105,25 @@ class Policy:
     ktp_only: bool
     alpha: float
     seed: int | None
+    fixed_path: dict | None = None  # set where the best fixed path stands in for the learned policy (ppo.fallback)
 
     @classmethod
     def load(cls, path: Path, experts: list[str]) -> "Policy":
         agent, ckpt = load_policy(path)
         if ckpt["experts"] != experts:
             raise ValueError(f"{path}: the policy was trained for experts {ckpt['experts']}; params.yaml has {experts}")
+        fixed = ckpt.get("fixed_path_check") if ckpt.get("fixed_path") is not None else None
         return cls(Path(path), agent, ckpt["ppo"]["state"], ckpt["reward"]["actions"] == "ktp_only",
-                   float(ckpt["reward"]["alpha"]), ckpt.get("seed"))
+                   float(ckpt["reward"]["alpha"]), ckpt.get("seed"), fixed)
+
+    def describe(self) -> str:
+        """One line on what routes: the learned policy, or the fixed path kept in its place and why."""
+        if self.fixed_path is None:
+            return f"policy: {self.path} (learned, state {self.state})"
+        c = self.fixed_path
+        return (f"policy: {self.path}: the best fixed path, {c['path_name']}, for every query (the learned "
+                f"policy's out-of-fold edge over it, {c['gain']:+.4f}, was within one standard error, "
+                f"{c['se']:.4f}; ppo.fallback)")
 
 
 def check_models(p: Params) -> None:

@@ -183,6 +183,17 @@ def allowed_paths(n: int, ktp_only: bool) -> np.ndarray:
     return ok
 
 
+def best_fixed_index(train: TreeArrays, alpha: float, ktp_only: bool, singles_only: bool = False) -> int:
+    """The flat index of the path with the highest mean task score minus alpha times its normalised cost
+    on ``train`` (the MDP's paths, ``allowed_paths``; only the single answers with ``singles_only``)."""
+    cost = train.path_matrix("cost").mean(axis=0) / cost_scale(train)
+    utility = train.path_matrix("task").mean(axis=0) - alpha * cost
+    utility[~allowed_paths(train.n_experts, ktp_only)] = -np.inf
+    if singles_only:
+        utility[train.n_experts:] = -np.inf
+    return int(np.argmax(utility))
+
+
 class BestFixedPath(Router):
     """The best constant policy: the one path (of the MDP's, see ``allowed_paths``) with the highest
     train-split task score minus alpha times its normalised cost. An RL agent that loses to it has
@@ -198,11 +209,7 @@ class BestFixedPath(Router):
 
     def fit(self, train: TreeArrays, p: Params) -> "BestFixedPath":
         a = p.reward.alpha if self.alpha is None else self.alpha
-        utility = train.path_matrix("task").mean(axis=0) - a * train.path_matrix("cost").mean(axis=0) / cost_scale(train)
-        utility[~allowed_paths(train.n_experts, p.reward.actions == "ktp_only")] = -np.inf
-        if self.singles_only:
-            utility[train.n_experts:] = -np.inf
-        self.idx = int(np.argmax(utility))
+        self.idx = best_fixed_index(train, a, p.reward.actions == "ktp_only", self.singles_only)
         self.chosen = train.path_names()[self.idx]
         return self
 

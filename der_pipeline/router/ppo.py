@@ -28,8 +28,8 @@ from torch.distributions.categorical import Categorical
 
 from der_pipeline.config import PPOConfig, RewardConfig
 from der_pipeline.router.arrays import TreeArrays, cost_scale
-from der_pipeline.router.env import T_MAX, VectorTreeEnv
-from der_pipeline.router.methods import greedy_paths
+from der_pipeline.router.env import T_MAX, VectorTreeEnv, path_actions
+from der_pipeline.router.methods import best_fixed_index, greedy_paths
 
 MASKED = -1e9
 
@@ -92,6 +92,30 @@ class FoldEnsemble(nn.Module):
         logp = torch.stack([torch.log_softmax(m.masked_logits(x, mask), dim=1) for m in self.members])
         mean = torch.logsumexp(logp, dim=0) - np.log(len(self.members))
         return torch.where(mask, mean, torch.full((), MASKED))
+
+    @torch.no_grad()
+    def greedy(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.masked_logits(x, mask).argmax(dim=1)
+
+
+class FixedPathPolicy(nn.Module):
+    """A constant policy: every query goes down one path of the tree (the best fixed path, kept in place of
+    a learned policy that does not beat it out of fold: ``fixed_path_check``). At t = 0 it asks the path's
+    first expert; at t = 1, the only step where STOP is allowed (which is how it reads the step from the
+    mask), it stops, refines or escalates as the path says. ``learned``: the policy it stands in for,
+    saved beside it in the checkpoint."""
+
+    def __init__(self, path: int, n_experts: int, learned: nn.Module):
+        super().__init__()
+        self.path, self.n = path, n_experts
+        self.first, self.second = path_actions(n_experts, path)
+        self.learned = learned
+        self.obs_dim, self.n_actions, self.hidden = learned.obs_dim, learned.n_actions, learned.hidden
+
+    def masked_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        action = torch.where(mask[:, 2 * self.n], self.second, self.first)
+        chosen = nn.functional.one_hot(action, self.n_actions).bool() & mask
+        return torch.where(chosen, torch.zeros(()), torch.full((), MASKED))
 
     @torch.no_grad()
     def greedy(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -195,6 +219,40 @@ class CrossValidation:
                 "two_calls": float(np.concatenate(two).mean()), "constant_folds": float(np.mean(constant))}
 
 
+def fixed_path_check(cv: CrossValidation, arrays: TreeArrays, reward: RewardConfig, scale: float,
+                     state: str) -> dict:
+    """Does the learned policy beat a constant one on queries it did not train on? On every held-out fold,
+    each query's utility (task score - alpha x cost / scale, what every method is judged by) under the
+    fold's kept policy, against the best fixed path fitted on the other folds (``BestFixedPath``'s rule).
+    ``gain``: the mean of the per-query differences over the train split; ``se``: their standard error.
+    ``beats_fixed_path`` when gain > se: the one-standard-error rule (Breiman et al. 1984; Hastie,
+    Tibshirani and Friedman, ESL 7.10) with the constant path as the simpler model, so a policy whose
+    out-of-fold edge is within its own noise is not preferred to a rule with nothing to learn (on BoolQ
+    the tuned settings' edge is 0.004 of utility, with a seed spread of 0.008). ``path``: the best fixed
+    path on the whole of ``arrays`` (the fallback); ``fixed_out_of_fold``: the fold-fitted fixed paths'
+    operating point, in ``CrossValidation.out_of_fold``'s keys."""
+    diff, score, cost, two = [], [], [], []
+    for (fit, val), agent in zip(cv.folds, cv.agents):
+        rows = np.arange(val.n_queries)
+        task, gflops = val.path_matrix("task"), val.path_matrix("cost")
+        mine = greedy_paths(agent, val, scale, reward, state)
+        const = best_fixed_index(fit, reward.alpha, reward.actions == "ktp_only")
+        diff.append((task[rows, mine] - reward.alpha * gflops[rows, mine] / scale)
+                    - (task[:, const] - reward.alpha * gflops[:, const] / scale))
+        score.append(task[:, const])
+        cost.append(gflops[:, const])
+        two.append(np.full(val.n_queries, const >= val.n_experts))
+    diff = np.concatenate(diff)
+    gain = float(diff.mean())
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    path = best_fixed_index(arrays, reward.alpha, reward.actions == "ktp_only")
+    return {"gain": gain, "se": se, "beats_fixed_path": gain > se, "path": path,
+            "path_name": arrays.path_names()[path],
+            "fixed_out_of_fold": {"score": float(np.concatenate(score).mean()),
+                                  "cost_gflops": float(np.concatenate(cost).mean()),
+                                  "two_calls": float(np.concatenate(two).mean()), "constant_folds": 1.0}}
+
+
 def keep_iteration(mean_returns: dict[int, float], untrained: float, tolerance: float) -> int:
     """The iteration to keep from the cross-validated curve: the latest whose mean return is within
     ``tolerance`` x (best - untrained) of the best. Why the latest: once the folds' policies agree (a
@@ -225,12 +283,14 @@ def cross_validate(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, see
 
 
 def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: int = 1, log_path: Path | None = None,
-              scale: float | None = None) -> tuple[Agent | FoldEnsemble, list[dict]]:
+              scale: float | None = None) -> tuple[Agent | FoldEnsemble | FixedPathPolicy, list[dict]]:
     """PPO on ``arrays`` (the train split). With ``cfg.selection_folds`` = K >= 2, K-fold cross-validation
     (``cross_validate``) chooses how many iterations to keep, and the policy kept is ``cfg.final_policy``:
     the folds' policies at that iteration (``fold_ensemble``; the log's rows are the folds' training
     statistics, averaged) or a run on the whole train split with the same seed, stopped there (``refit``).
-    Either way a policy that memorises its training queries is not kept. Each checked row of the log
+    Either way a policy that memorises its training queries is not kept. With ``cfg.fallback:
+    best_fixed_path`` a policy that does not beat the best fixed path out of fold (``fixed_path_check``)
+    is replaced by that path (``FixedPathPolicy``). Each checked row of the log
     carries the cross-validated return (``val_return``, the mean over folds, and ``val_return_folds``);
     the log's last line marks the kept iteration, with the folds' out-of-fold operating point
     (``CrossValidation.out_of_fold``). K = 0 keeps the last iteration of one run."""
@@ -250,6 +310,12 @@ def train_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfig, seed: in
         kept = {"selected_iteration": cv.best_iteration, "best_val_return": cv.mean_return(cv.best_iteration),
                 "untrained_val_return": float(np.mean(cv.untrained)), "final_policy": cfg.final_policy,
                 "out_of_fold": cv.out_of_fold(reward, scale, cfg.state)}
+        check = fixed_path_check(cv, arrays, reward, scale, cfg.state)
+        kept["fixed_path_check"] = {k: check[k] for k in ("gain", "se", "beats_fixed_path", "path_name")}
+        kept["policy"] = "learned"
+        if cfg.fallback == "best_fixed_path" and not check["beats_fixed_path"]:
+            agent = FixedPathPolicy(check["path"], arrays.n_experts, agent)
+            kept.update(policy="best_fixed_path", out_of_fold=check["fixed_out_of_fold"])
         history[-1].update(kept)
     if log_path:
         lines = [json.dumps(row) for row in history]

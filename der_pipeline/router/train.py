@@ -12,18 +12,24 @@ from der_pipeline.config import Params
 from der_pipeline.io import write_json
 from der_pipeline.router.arrays import build_arrays, cost_scale, split_arrays
 from der_pipeline.router.env import obs_dim as env_obs_dim
-from der_pipeline.router.ppo import Agent, FoldEnsemble, train_ppo
+from der_pipeline.router.ppo import Agent, FixedPathPolicy, FoldEnsemble, train_ppo
 
 
-def save_policy(agent: Agent | FoldEnsemble, path: Path, *, experts: list[str], scale: float, p: Params, obs_dim: int,
-                seed: int, out_of_fold: dict | None = None) -> None:
+def save_policy(agent: Agent | FoldEnsemble | FixedPathPolicy, path: Path, *, experts: list[str], scale: float,
+                p: Params, obs_dim: int, seed: int, out_of_fold: dict | None = None,
+                fixed_path_check: dict | None = None) -> None:
     """The policy and what it was trained with; ``out_of_fold``: the train split's cross-validated
-    operating point of the kept folds' policies (None without cross-validation)."""
+    operating point of the policy kept (None without cross-validation). A ``FixedPathPolicy`` is saved as
+    the learned policy it stands in for plus ``fixed_path`` (the path's flat index; None: the learned
+    policy is the one kept), so its weights stay inspectable; ``fixed_path_check``: why (ppo.py)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    members = len(agent.members) if isinstance(agent, FoldEnsemble) else 0  # 0: one policy
-    torch.save({"state_dict": agent.state_dict(), "members": members, "obs_dim": obs_dim,
-                "n_actions": agent.n_actions, "seed": seed, "hidden": agent.hidden, "experts": experts, "cost_scale": scale,
+    fixed = agent.path if isinstance(agent, FixedPathPolicy) else None
+    learned = agent.learned if isinstance(agent, FixedPathPolicy) else agent
+    members = len(learned.members) if isinstance(learned, FoldEnsemble) else 0  # 0: one policy
+    torch.save({"state_dict": learned.state_dict(), "members": members, "obs_dim": obs_dim, "fixed_path": fixed,
+                "fixed_path_check": fixed_path_check, "n_actions": learned.n_actions, "seed": seed,
+                "hidden": learned.hidden, "experts": experts, "cost_scale": scale,
                 "reward": dataclasses.asdict(p.reward), "ppo": dataclasses.asdict(p.ppo),
                 "embedder": p.signals.embedder, "out_of_fold": out_of_fold}, tmp)
     tmp.replace(path)
@@ -73,7 +79,8 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
         agent, history = train_ppo(train, p.reward, p.ppo, seed=seed, log_path=folder / "train_log.jsonl", scale=scale)
         obs_dim = env_obs_dim(p.ppo.state, arrays.q_emb.shape[1], arrays.conf1.shape[-1], arrays.n_experts)
         save_policy(agent, folder / "policy.pt", experts=arrays.experts, scale=scale, p=p, obs_dim=obs_dim, seed=seed,
-                    out_of_fold=history[-1].get("out_of_fold") if history else None)
+                    out_of_fold=history[-1].get("out_of_fold") if history else None,
+                    fixed_path_check=history[-1].get("fixed_path_check") if history else None)
         plot_training(history, folder / "training_curve.png", f"{dataset}: PPO seed {seed}, alpha={p.reward.alpha:g}, "
                       f"form={p.reward.form}, signal={p.reward.signal}")
         last = history[-1] if history else {}
@@ -85,7 +92,11 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
                          "untrained_val_return": (round(last["untrained_val_return"], 4)
                                                   if last.get("untrained_val_return") is not None else None),
                          "out_of_fold": ({k: round(v, 4) for k, v in last["out_of_fold"].items()}
-                                         if last.get("out_of_fold") else None)})
+                                         if last.get("out_of_fold") else None),
+                         "policy": last.get("policy", "learned"),
+                         "fixed_path_check": ({k: (round(v, 4) if isinstance(v, float) else v)
+                                               for k, v in last["fixed_path_check"].items()}
+                                              if last.get("fixed_path_check") else None)})
     summary = {"dataset": dataset, "train_queries": train.n_queries, "seeds": per_seed}
     write_json(summary, out / "train_summary.json")  # tracked by DVC: no timings, so a rerun changes nothing
     return {**summary, "out": str(out), "seconds": round(time.perf_counter() - t0, 2)}

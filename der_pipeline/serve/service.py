@@ -80,7 +80,8 @@ class RouterService:
         return {
             "dataset": self.dataset, "answer_type": self.live.answer_type,
             "policy": None if isinstance(target, str) else {"path": str(target.path), "alpha": target.alpha,
-                                                            "seed": target.seed, "state": target.state},
+                                                            "seed": target.seed, "state": target.state,
+                                                            "fixed_path": (target.fixed_path or {}).get("path_name")},
             "path": routed.path, "stopped": routed.stopped, "parsed_answer": self.live.parse(routed.answer),
             "context_trimmed_from": routed.context_trimmed_from,
             "cost_gflops": round(routed.cost_gflops, 3), "latency_s": round(latency_s, 3),
