@@ -3,9 +3,12 @@ then its hop-1 answers to a dataset's train-split queries: how often they are ri
 confidence separates right from wrong (AUROC), and the confidence cascade it would make with the
 committed tree's strongest expert, beside the committed pool's own experts.
 
-A specialist changes 8 of every query's 20 nodes, hours of generation on 2 cores; this answers in
-about an hour (most of it training) whether it is worth them. Only the train split is read: the test
-split chooses nothing.
+A specialist changes 8 of every query's 20 nodes, hours of generation on 2 cores; this answers first
+whether it is worth them. Most of its time is training, one step per `batch_size` examples and not
+resumable (a killed run starts again at step 1). For smollm2-135m with batches of 16: 4,096 examples
+(256 steps) took 66 min with 1 thread; 8,192 (512 steps) ran at 17 s a step with 2 threads, alone (its
+first 10 steps, 2026-11-29), about 2.4 h in all. Only the train split is read: the test split chooses
+nothing.
 
     python scripts/probe_specialist.py --dataset sst2 --expert qwen2.5-coder-0.5b
     python scripts/probe_specialist.py --dataset sst2 --expert smollm2-135m --train-examples 4096
