@@ -103,7 +103,8 @@ def finetune(params: Path = ParamsOpt,
     task's own training file, written as a llama.cpp adapter to data/specialists/<dataset>/. On that dataset the
     specialist takes its base expert's slot in the pool, under the name <expert>-<dataset>-lora; `generate`
     then makes its nodes. An unchanged recipe (settings, base model, examples) keeps the adapter already
-    there; a killed run starts again (README: Specialists)."""
+    there; a killed run resumes from its last checkpoint, written every 5 minutes of training in the model cache
+    (README: Specialists)."""
     p = _load(params)
     chosen = dataset or sorted(p.specialists)
     for ds in chosen:

@@ -4,8 +4,8 @@ confidence separates right from wrong (AUROC), and the confidence cascade it wou
 committed tree's strongest expert, beside the committed pool's own experts.
 
 A specialist changes 8 of every query's 20 nodes, hours of generation on 2 cores; this answers first
-whether it is worth them. Most of its time is training, one step per `batch_size` examples and not
-resumable (a killed run starts again at step 1). For smollm2-135m with batches of 16: 4,096 examples
+whether it is worth them. Most of its time is training, one step per `batch_size` examples (checkpointed
+in the model cache every 5 minutes: a killed probe resumes there). For smollm2-135m with batches of 16: 4,096 examples
 (256 steps) took 66 min with 1 thread; 8,192 (512 steps) ran at 17 s a step with 2 threads, alone (its
 first 10 steps, 2026-11-29), about 2.4 h in all. Only the train split is read: the test split chooses
 nothing.

@@ -21,8 +21,13 @@ How, every line visible:
   atomically beside a ``train_log.json`` (the loss of every step and the recipe; no timing, since it is tracked).
 
 The trained PEFT adapter is kept in the model cache (by the recipe's hash) before it is converted, so
-an interrupted conversion costs no training; a run killed while training leaves the previous adapter
-(or none) and starts again from the first step (about 8 minutes on 2 cores for 1,024 examples). CPU arithmetic is deterministic on one machine, but another
+an interrupted conversion costs no training. Training itself checkpoints there too: every
+``CHECKPOINT_SECONDS`` the LoRA weights, the AdamW state and the losses so far are written atomically
+(a few MB, under a second), and a run of the same recipe resumes after the last checkpoint, so a kill
+costs at most that much training (SST-2's 8,192 examples are 512 steps, about 2.4 h on 2 cores). The
+batches are fixed by the seeded order, there is no dropout, and the optimizer's state is restored
+exactly, so a resumed run makes the same adapter as an uninterrupted one on the same machine (tested).
+A finished run deletes its checkpoint. CPU arithmetic is deterministic on one machine, but another
 CPU may round differently, which is why the adapter is committed (its hash is in the key of every
 tree node the specialist makes) and why a run whose recipe is unchanged keeps it: the log records the
 recipe (the settings, the base model's fingerprint, a hash of the rendered examples and
@@ -48,6 +53,7 @@ from der_pipeline.io import atomic_write_bytes
 from der_pipeline.specialists.lora_gguf import convert_adapter
 
 RECIPE_VERSION = 1
+CHECKPOINT_SECONDS = 300.0  # at most this much training is lost to a kill; a checkpoint takes under a second
 
 
 def training_rows(p: Params, dataset: str) -> list[dict]:
@@ -86,17 +92,14 @@ def finetune(p: Params, dataset: str, progress: bool = True) -> dict:
     spec = p.specialists[dataset]
     expert = p.expert(spec.expert)
     rows = training_rows(p, dataset)
-    recipe = {"version": RECIPE_VERSION, "base": gguf_fingerprint(expert),
-              "settings": {k: getattr(spec, k) for k in ("train_examples", "rank", "lora_alpha", "learning_rate",
-                                                         "batch_size", "seed")},
-              "examples_sha256": examples_hash(p, expert, rows)}
+    recipe = recipe_of(p, dataset, rows)
     log_path = specialist_dir(p, dataset) / "train_log.json"
     if adapter_path(p, dataset).is_file() and log_path.is_file():
         old = json.loads(log_path.read_text())
         if old.get("recipe") == recipe:
             return {**old, "kept": True}
     base = hf_folder(expert)
-    trained = cache_dir().parent / "peft" / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    trained = trained_dir(recipe)
     if (trained / "train_log.json").is_file():  # trained before, its conversion or write interrupted
         return _write(p, dataset, trained, base, json.loads((trained / "train_log.json").read_text()), log_path)
     torch.manual_seed(spec.seed)
@@ -108,10 +111,14 @@ def finetune(p: Params, dataset: str, progress: bool = True) -> dict:
     examples = [encode(tokenizer, p, expert, r) for r in rows]
     optimizer = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=spec.learning_rate)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    losses, t0 = [], time.perf_counter()
+    checkpoint = trained.with_name(trained.name + ".checkpoint.pt")
+    losses = resume(checkpoint, model, optimizer)
+    resumed_at, t0 = len(losses), time.perf_counter()
+    last_save = t0
     model.train()
     batches = range(0, len(examples), spec.batch_size)
-    bar = tqdm(batches, desc=f"finetune {dataset}:{expert.name}", unit="step", disable=not progress)
+    bar = tqdm(batches[resumed_at:], desc=f"finetune {dataset}:{expert.name}", unit="step", disable=not progress,
+               initial=resumed_at, total=len(batches))
     for start in bar:
         batch = examples[start:start + spec.batch_size]
         width = max(len(ids) for ids, _ in batch)
@@ -124,6 +131,9 @@ def finetune(p: Params, dataset: str, progress: bool = True) -> dict:
         optimizer.zero_grad()
         losses.append(round(loss.item(), 5))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if time.perf_counter() - last_save >= CHECKPOINT_SECONDS and len(losses) < len(batches):
+            save_checkpoint(checkpoint, model, optimizer, losses)
+            last_save = time.perf_counter()
     # no timing in the log: it is a tracked output, and a rerun must leave it byte-identical
     log = {"dataset": dataset, "expert": expert.name, "adapter": adapter_path(p, dataset).name, "recipe": recipe,
            "examples": len(examples), "steps": len(losses),
@@ -134,7 +144,49 @@ def finetune(p: Params, dataset: str, progress: bool = True) -> dict:
     atomic_write_bytes(tmp / "train_log.json", (json.dumps(log, indent=1) + "\n").encode())
     shutil.rmtree(trained, ignore_errors=True)
     os.replace(tmp, trained)
-    return {**_write(p, dataset, trained, base, log, log_path), "seconds": round(time.perf_counter() - t0, 1)}
+    checkpoint.unlink(missing_ok=True)
+    return {**_write(p, dataset, trained, base, log, log_path), "seconds": round(time.perf_counter() - t0, 1),
+            "resumed_at_step": resumed_at}
+
+
+def recipe_of(p: Params, dataset: str, rows: list[dict]) -> dict:
+    """What decides the adapter: the settings, the base model's fingerprint, the examples, ``RECIPE_VERSION``."""
+    spec = p.specialists[dataset]
+    expert = p.expert(spec.expert)
+    return {"version": RECIPE_VERSION, "base": gguf_fingerprint(expert),
+            "settings": {k: getattr(spec, k) for k in ("train_examples", "rank", "lora_alpha", "learning_rate",
+                                                       "batch_size", "seed")},
+            "examples_sha256": examples_hash(p, expert, rows)}
+
+
+def trained_dir(recipe: dict) -> Path:
+    """The model cache's folder for a recipe's PEFT adapter (its checkpoint lies beside it)."""
+    return cache_dir().parent / "peft" / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, model, optimizer, losses: list[float]) -> None:
+    """The LoRA weights, the AdamW state and the losses after ``len(losses)`` steps, written atomically."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"losses": list(losses), "lora": get_peft_model_state_dict(model),
+                "optimizer": optimizer.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def resume(path: Path, model, optimizer) -> list[float]:
+    """Restore a checkpoint into ``model`` and ``optimizer``; the losses of the steps it holds (none without one)."""
+    import torch
+    from peft import set_peft_model_state_dict
+
+    if not path.is_file():
+        return []
+    state = torch.load(path, weights_only=True)
+    set_peft_model_state_dict(model, state["lora"])
+    optimizer.load_state_dict(state["optimizer"])
+    return list(state["losses"])
 
 
 def _write(p: Params, dataset: str, trained: Path, base: Path, log: dict, log_path: Path) -> dict:
