@@ -182,3 +182,29 @@ def test_backend_by_dataset_names_a_bad_dataset_or_engine(project):
         params(project, lambda r: r["generation"].update(backend_by_dataset={"mnist": "vllm"}))
     with pytest.raises(ConfigError, match=r"generation.backend_by_dataset.gsm8k"):
         params(project, lambda r: r["generation"].update(backend_by_dataset={"gsm8k": "ollama"}))
+
+
+def test_a_complete_tree_never_starts_its_engine(project, monkeypatch, tmp_path):
+    """`dvc repro` from committed trees: `generate` finds nothing to make, so an engine that is not installed here
+    (GSM8K's llama-server) is never started; a node to make starts it, and its missing binary is a clear error."""
+    from der_pipeline.experts.backends import BackendError
+    from der_pipeline.generate import run as run_module
+
+    def missing_server(r):
+        r["generation"].update(backend_by_dataset={"hotpotqa": "llamaserver"})
+        r["generation"]["llamaserver"]["binary"] = str(tmp_path / "no-llama-server")
+
+    p = params(project, missing_server)
+    prepare(p)
+    with monkeypatch.context() as m:  # the tree made by a stand-in engine under the name 'llamaserver'
+        m.setattr(run_module, "make_backend", lambda cfg, name=None: FakeBackend(cfg, name=name))
+        run_module.generate(p, ["hotpotqa"], progress=False)
+    (stats,) = run_module.generate(p, ["hotpotqa"], progress=False)  # the real make_backend: no binary here
+    assert stats["nodes_generated"] == 0 and stats["nodes_skipped"] == N * 20
+    store = TreeStore(artifacts.tree_dir(p, "hotpotqa"))
+    rows = store.read().to_pylist()
+    for shard in store.shards():
+        shard.unlink()
+    store.append(rows[1:])  # one node gone
+    with pytest.raises(BackendError, match="make llama-server"):
+        run_module.generate(p, ["hotpotqa"], progress=False)

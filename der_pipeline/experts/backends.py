@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -492,6 +492,39 @@ def adapter_file(expert: ExpertSpec) -> str | None:
         raise ModelNotFoundError(f"{expert.name}: its LoRA adapter {expert.adapter} is missing; run "
                                  "`der-pipeline finetune` (README: Specialists)")
     return str(expert.adapter)
+
+
+class EngineOnFirstUse(Backend):
+    """An engine named now and started at its first call (``start()`` makes it).
+
+    Generation asks the store what is missing before it calls the engine, so a dataset whose tree is
+    complete never starts its engine: `dvc repro` from the committed trees needs none of the engines that
+    made them (GSM8K's llama-server, say). A start failure (a missing binary) is raised at that first call."""
+
+    def __init__(self, cfg: GenerationConfig, name: str, start: Callable[[], Backend]):
+        super().__init__(cfg)
+        self.name = name
+        self._start = start
+        self._engine: Backend | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._engine is not None
+
+    def _get(self) -> Backend:
+        if self._engine is None:
+            self._engine = self._start()
+        return self._engine
+
+    def generate(self, expert: ExpertSpec, prompts: list[Prompt]) -> Iterator[Completion]:
+        return self._get().generate(expert, prompts)
+
+    def score(self, expert: ExpertSpec, prompts: list[Prompt], answers: list[str]) -> Iterator[AnswerConfidence]:
+        return self._get().score(expert, prompts, answers)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
 
 
 def make_backend(cfg: GenerationConfig, name: str | None = None) -> Backend:

@@ -1,13 +1,13 @@
 """`generate --ray`: the same resumable generation, its chunks of queries spread over Ray actors.
 
-Each actor (``TreeWorker``) loads the expert pool once (llama.cpp with
+Each actor (``TreeWorker``) loads the expert pool once, at its first node to make (llama.cpp with
 ``generation.ray.threads_per_worker`` threads, or whichever backend params name)
 and runs ``generate_dataset`` on one chunk of query ids at a time, appending its
 own shards to the same tree store. Ray does the scheduling and the recovery:
 
 - ``ActorPool.map_unordered`` hands the next chunk to whichever actor is free;
-- an actor whose process dies is restarted (``max_restarts=-1``: its constructor
-  loads the models again) and the chunk it was running is retried
+- an actor whose process dies is restarted (``max_restarts=-1``: it loads the
+  models again at its next node to make) and the chunk it was running is retried
   (``max_task_retries=-1``); the retry reads the store first, so the nodes the dead
   actor had already flushed are skipped and none is generated twice, and the ones it
   had not flushed are made again, so none is lost;
@@ -38,22 +38,21 @@ class TreeWorker:
     """One model load per worker process; ``run`` generates one chunk of queries into the shared store."""
 
     def __init__(self, p: Params):
-        from der_pipeline.experts.backends import make_backend
-
         threads = p.generation.ray.threads_per_worker
         self.p = p.override("generation", n_threads=threads)
-        self.engines = {self.p.generation.backend: make_backend(self.p.generation)}
+        self.engines: dict = {}
 
     def pid(self) -> int:
         return os.getpid()
 
     def run(self, dataset: str, qids: list[str]) -> dict:
-        from der_pipeline.experts.backends import make_backend
+        from der_pipeline.experts.backends import EngineOnFirstUse, make_backend
         from der_pipeline.generate.run import generate_dataset
 
         name = self.p.backend_for(dataset)  # a dataset with its own engine (generation.backend_by_dataset)
-        if name not in self.engines:
-            self.engines[name] = make_backend(self.p.generation, name)
+        if name not in self.engines:  # started at its first node to make: a complete chunk needs none
+            g = self.p.generation
+            self.engines[name] = EngineOnFirstUse(g, name, lambda: make_backend(g, name))
         return generate_dataset(self.p, dataset, self.engines[name], progress=False, qids=qids, owner=False)
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from der_pipeline.artifacts import current_nodes, expected_paths, load_prepared, tree_dir, dataset_params
 from der_pipeline.config import ExpertSpec, Params
-from der_pipeline.experts.backends import Backend, make_backend
+from der_pipeline.experts.backends import Backend, EngineOnFirstUse, make_backend
 from der_pipeline.experts.confidence import AnswerConfidence
 from der_pipeline.experts.keys import NodeKeys
 from der_pipeline.resumable import BufferedWriter
@@ -156,14 +156,16 @@ def _jobs(batch: list[dict], expert: ExpertSpec, hop: int, experts: list[ExpertS
 
 
 def generate(p: Params, datasets: list[str] | None = None, limit: int | None = None, progress: bool = True) -> list[dict]:
-    """Every dataset with its own engine (``Params.backend_for``): each engine started once, closed at the end."""
+    """Every dataset with its own engine (``Params.backend_for``): each engine started once, at the first node
+    it has to make (none for a complete tree), and closed at the end."""
     engines: dict[str, Backend] = {}
     try:
         results = []
         for ds in datasets or p.data.active():
             name = p.backend_for(ds)
             if name not in engines:
-                engines[name] = make_backend(p.generation, name)
+                engines[name] = EngineOnFirstUse(p.generation, name,
+                                                 lambda name=name: make_backend(p.generation, name))
             results.append(generate_dataset(p, ds, engines[name], limit=limit, progress=progress))
         return results
     finally:
