@@ -73,6 +73,35 @@ def make_project(dst: Path, params_patch) -> Path:
     return dst
 
 
+def small_source_project(root: Path, files: dict[str, str], n: int) -> Path:
+    """``root`` with params.yaml reading only the first ``n`` records of each shared-data file in ``files``
+    (file -> dataset), copied under ``root/src``; its data folder is ``root/data``."""
+    import yaml
+
+    src = root / "src"
+    for rel in files:
+        lines = (SHARED_DATA / rel).read_text().splitlines()[:n]
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("\n".join(lines) + "\n")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["paths"].update(source_data=str(src), data=str(root / "data"))
+    raw["data"]["datasets"] = {ds: {"sample": n} for ds in dict.fromkeys(d for d in files.values() if d)}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return root
+
+
+def edited_params(project: Path, edit=None):
+    """``project``'s params.yaml with ``edit(raw)`` applied, validated as a user's file would be."""
+    import yaml
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    if edit:
+        edit(raw)
+    path = project / "params-edited.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_params(path)
+
+
 def reward_cfg(**values):
     """params.yaml's reward settings with some replaced (validated, as every override is)."""
     return load_params(REPO / "params.yaml").override("reward", **values).reward

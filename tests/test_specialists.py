@@ -4,12 +4,11 @@ Fast: an adapter file's bytes stand in for a trained one and the fake backend fo
 fine-tuning, conversion and llama.cpp generation are in test_specialist_real.py."""
 import numpy as np
 import pytest
-import yaml
-from conftest import REPO, SHARED_DATA
+from conftest import edited_params, small_source_project
 from fakes import FakeBackend
 
 from der_pipeline import artifacts
-from der_pipeline.config import ConfigError, load_params
+from der_pipeline.config import ConfigError
 from der_pipeline.data.prepare import prepare
 from der_pipeline.experts.keys import gguf_fingerprint
 from der_pipeline.generate.run import generate_dataset
@@ -21,26 +20,12 @@ SPECIALIST = "smollm2-135m-sst2-lora"
 
 @pytest.fixture()
 def project(tmp_path):
-    """Three SST-2 and three BoolQ records as the whole source."""
-    src = tmp_path / "src"
-    for rel in ("boolq/dev.jsonl", "sst2/dev.jsonl", "sst2/train.jsonl"):
-        lines = (SHARED_DATA / rel).read_text().splitlines()[:N]
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_text("\n".join(lines) + "\n")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["paths"].update(source_data=str(src), data=str(tmp_path / "data"))
-    raw["data"]["datasets"] = {"boolq": {"sample": N}, "sst2": {"sample": N}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    return tmp_path
+    """Three SST-2 and three BoolQ records as the whole source (SST-2's train file feeds its specialist)."""
+    return small_source_project(tmp_path, {"boolq/dev.jsonl": "boolq", "sst2/dev.jsonl": "sst2",
+                                           "sst2/train.jsonl": None}, N)
 
 
-def params(project, edit=None):
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    if edit:
-        edit(raw)
-    path = project / "params-edited.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return load_params(path)
+params = edited_params
 
 
 def write_adapter(p, content: bytes = b"lora" * 1000):

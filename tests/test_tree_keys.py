@@ -3,16 +3,14 @@ current nodes. Fast: the fake backend stands in for the engine; the real-model p
 import json
 
 import pytest
-import yaml
 
 from der_pipeline import artifacts
-from der_pipeline.config import load_params
 from der_pipeline.data.prepare import prepare
 from der_pipeline.experts import prompts as prompts_module
 from der_pipeline.generate.run import generate_dataset
 from der_pipeline.tree_store import CorruptShardError, TreeStore
 
-from conftest import REPO, SHARED_DATA
+from conftest import edited_params, small_source_project
 from fakes import FakeBackend
 
 N = 3  # queries per dataset: every node of 3 x 20 is checked
@@ -21,25 +19,11 @@ N = 3  # queries per dataset: every node of 3 x 20 is checked
 @pytest.fixture()
 def project(tmp_path):
     """Three BoolQ and three HotpotQA records as the whole source (so every seed samples the same queries)."""
-    src = tmp_path / "src"
-    for rel in ("boolq/dev.jsonl", "hotpotqa/dev_distractor.jsonl"):
-        lines = (SHARED_DATA / rel).read_text().splitlines()[:N]
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_text("\n".join(lines) + "\n")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["paths"].update(source_data=str(src), data=str(tmp_path / "data"))
-    raw["data"]["datasets"] = {"boolq": {"sample": N}, "hotpotqa": {"sample": N}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    return tmp_path
+    return small_source_project(tmp_path, {"boolq/dev.jsonl": "boolq",
+                                           "hotpotqa/dev_distractor.jsonl": "hotpotqa"}, N)
 
 
-def params(project, edit=None):
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    if edit:
-        edit(raw)
-    path = project / "params-edited.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return load_params(path)
+params = edited_params
 
 
 def run(p, dataset, **kw):
