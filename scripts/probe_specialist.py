@@ -1,14 +1,14 @@
 """Probe a candidate specialist before generating tree nodes for it: train it (LoRA, into a scratch folder),
 then its hop-1 answers to a dataset's train-split queries: how often they are right, how well its
 confidence separates right from wrong (AUROC), and the confidence cascade it would make with the
-committed tree's strongest expert, beside the committed pool's own experts.
+committed tree's strongest expert outside its slot, beside the committed pool's own experts.
 
 A specialist changes 8 of every query's 20 nodes, hours of generation on 2 cores; this answers first
 whether it is worth them. Most of its time is training, one step per `batch_size` examples (checkpointed
 in the model cache every 5 minutes: a killed probe resumes there). For smollm2-135m with batches of 16: 4,096 examples
 (256 steps) took 66 min with 1 thread; 8,192 (512 steps) ran at 17 s a step with 2 threads, alone (its
-first 10 steps, 2026-11-29), about 2.4 h in all. Only the train split is read: the test split chooses
-nothing.
+first 10 steps, 2026-11-29), about 2.4 h in all; 16,384 (1,024 steps) about 4 h. Only the train split
+is read: the test split chooses nothing.
 
     python scripts/probe_specialist.py --dataset sst2 --expert qwen2.5-coder-0.5b
     python scripts/probe_specialist.py --dataset sst2 --expert smollm2-135m --train-examples 4096
@@ -90,7 +90,11 @@ def main() -> None:
     cost = np.array([call_cost(cand, o.prompt_tokens, o.completion_tokens) for o in outs])
     conf = np.array([conf_features(None if o.confidence is None else o.confidence.row()) for o in outs])
 
-    strong = int(np.argmax(train.task1.mean(axis=0)))
+    # The cascade's partner is the strongest expert outside the candidate's slot: the slot's current
+    # occupant (the base model, or an earlier specialist of it) is what the candidate would replace.
+    slot = [e.name for e in cp.experts].index(cand.name)
+    means = train.task1.mean(axis=0)
+    strong = max((i for i in range(train.n_experts) if i != slot), key=lambda i: means[i])
     s_score, s_cost = train.task1[:, strong], train.cost1[:, strong]
     print(f"{args.dataset}: {train.n_queries} train queries")
     for i, name in enumerate(train.experts):
