@@ -59,7 +59,7 @@ def small_params(raw):
     raw["experts"] = [e for e in raw["experts"] if e["name"] in EXPERTS]
     raw["evaluate"]["round_robin_order"] = ["gemma3-270m", "qwen2.5-coder-0.5b"]
     raw["data"]["seed"] = DATA_SEED
-    # SST-2's specialist on a one-step recipe (the same as test_specialist_real's: its trained adapter is reused)
+    # SST-2's specialist on a one-step recipe: the chain, not the adapter, is under test (test_specialist_real)
     raw["specialists"]["sst2"].update(train_examples=8, rank=4, lora_alpha=8, learning_rate=0.01, batch_size=8)
     # shorter prompts and answers keep the suite under its budget: the chain, not the answers, is under test
     raw["data"]["max_context_chars"] = 200

@@ -1,7 +1,8 @@
 """A specialist for real: LoRA fine-tuning of the packaged smollm2-135m on a few SST-2 training sentences,
 llama.cpp's own adapter converter, and llama.cpp generating with the adapter applied (a tiny recipe: two
-steps of eight examples, at a learning rate high enough for the adapter to move the answer's probabilities);
-a run killed after its first checkpoint resumes from it and makes the same adapter."""
+steps of four examples, at a learning rate high enough for the adapter to move the answer's probabilities);
+a run killed after its first checkpoint resumes from it and makes the same adapter as the one uninterrupted
+run of the module (trained once: training is most of these tests' time)."""
 import json
 import shutil
 import subprocess
@@ -30,21 +31,40 @@ def write_params(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["paths"].update(source_data=str(SHARED_DATA), data=str(tmp_path / "data"))
     raw["data"]["datasets"] = {"sst2": {"sample": 1}}
-    raw["specialists"] = {"sst2": {"expert": "smollm2-135m", "train_examples": 16, "rank": 4, "lora_alpha": 8,
-                                   "learning_rate": 0.01, "batch_size": 8, "seed": 0}}
+    raw["specialists"] = {"sst2": {"expert": "smollm2-135m", "train_examples": 8, "rank": 4, "lora_alpha": 8,
+                                   "learning_rate": 0.01, "batch_size": 4, "seed": 0}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
-def test_finetune_writes_an_adapter_that_llamacpp_applies_and_keeps_it_while_the_recipe_is_unchanged(tmp_path):
-    params = write_params(tmp_path)
-    p = load_params(params)
+def cached_training(p):
+    """The model cache's trained PEFT adapter of ``p``'s SST-2 recipe, and its checkpoint."""
     trained = trained_dir(recipe_of(p, "sst2", training_rows(p, "sst2")))
+    return trained, trained.with_name(trained.name + ".checkpoint.pt")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One `der-pipeline finetune` of the tiny recipe from scratch (nothing cached), uninterrupted: its folder,
+    params file, printed summary, training log and adapter bytes."""
+    folder = tmp_path_factory.mktemp("specialist")
+    params = write_params(folder)
+    p = load_params(params)
+    trained, checkpoint = cached_training(p)
     shutil.rmtree(trained, ignore_errors=True)  # train for real, not from an earlier run's cache
-    first = json.loads(run_cli(["finetune", "--params", str(params), "--no-progress"], cwd=tmp_path).stdout)
+    checkpoint.unlink(missing_ok=True)
+    log = json.loads(run_cli(["finetune", "--params", str(params), "--no-progress"], cwd=folder).stdout)
+    assert not checkpoint.exists()  # two steps, no checkpoint (they are 5 minutes apart)
     adapter = adapter_path(p, "sst2")
-    assert first["steps"] == 2 and first["examples"] == 16 and first["resumed_at_step"] == 0
+    return folder, params, log, json.loads((adapter.parent / "train_log.json").read_text()), adapter.read_bytes()
+
+
+def test_finetune_writes_an_adapter_that_llamacpp_applies_and_keeps_it_while_the_recipe_is_unchanged(uninterrupted):
+    tmp_path, params, first, _, _ = uninterrupted
+    p = load_params(params)
+    adapter = adapter_path(p, "sst2")
+    assert first["steps"] == 2 and first["examples"] == 8 and first["resumed_at_step"] == 0
     assert adapter.read_bytes()[:4] == b"GGUF"
     log = json.loads((adapter.parent / "train_log.json").read_text())
     assert log["recipe"]["settings"]["rank"] == 4 and len(log["loss"]) == 2
@@ -75,20 +95,14 @@ def test_finetune_names_a_dataset_without_a_specialist(tmp_path):
     assert proc.returncode == 1 and "no specialist declared" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_finetune_killed_after_its_checkpoint_resumes_from_it_and_makes_the_same_adapter(tmp_path):
-    params = write_params(tmp_path)
+def test_a_finetune_killed_after_its_checkpoint_resumes_from_it_and_makes_the_same_adapter(uninterrupted, tmp_path):
+    _, _, _, whole, reference = uninterrupted
+    params = write_params(tmp_path)  # a fresh data folder: no adapter written yet
     p = load_params(params)
-    trained = trained_dir(recipe_of(p, "sst2", training_rows(p, "sst2")))
-    checkpoint = trained.with_name(trained.name + ".checkpoint.pt")
-    shutil.rmtree(trained, ignore_errors=True)
-    checkpoint.unlink(missing_ok=True)
-    whole = finetune(p, "sst2", progress=False)  # uninterrupted: two steps, no checkpoint (5 minutes apart)
+    trained, checkpoint = cached_training(p)
     adapter = adapter_path(p, "sst2")
-    assert whole["resumed_at_step"] == 0 and not checkpoint.exists()
-    reference = adapter.read_bytes()
-
-    shutil.rmtree(trained)
-    adapter.unlink()
+    shutil.rmtree(trained, ignore_errors=True)  # so the same recipe trains again, here
+    checkpoint.unlink(missing_ok=True)
     # the same recipe in another process, a checkpoint after every step, killed once the first is written
     code = ("import der_pipeline.specialists.finetune as f; from der_pipeline.config import load_params; "
             f"f.CHECKPOINT_SECONDS = 0; f.finetune(load_params({str(params)!r}), 'sst2', progress=False)")
