@@ -8,7 +8,7 @@ SAMPLE ?= 8
 # A portable llama.cpp build: AVX2, no AVX-512/AMX (the AMX kernels crash on these VMs).
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
-.PHONY: setup setup-engines setup-vllm llama-server demo test test-default test-engines test-fast results clean-demo
+.PHONY: setup setup-engines setup-vllm llama-server demo test test-default test-recipes test-engines test-fast results clean-demo
 
 setup: $(STAMP)
 
@@ -40,13 +40,18 @@ else
 demo: results
 endif
 
-# Every test, slow real-model ones included (tiny samples), in two timed steps: the default suite (under
-# 15 minutes on 2 cores once set up), then the other engines for real (Ray, llama-server, vLLM's CPU build).
-test: test-default test-engines
+# Every test, slow real-model ones included (tiny samples), in three timed steps: the default suite (under
+# 15 minutes on 2 cores once set up), the README's recipes run as written on a clone of the repository, then
+# the other engines for real (Ray, llama-server, vLLM's CPU build).
+test: test-default test-recipes test-engines
 
 test-default: setup
-	@start=$$(date +%s); $(BIN)/python -m pytest -q -m "not engines"; rc=$$?; \
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -m "not engines and not recipes"; rc=$$?; \
 	  echo "default suite: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+test-recipes: setup
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -m recipes; rc=$$?; \
+	  echo "recipes: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 test-engines: setup-engines
 	@start=$$(date +%s); DER_REQUIRE_ENGINES=1 $(BIN)/python -m pytest -q -m engines; rc=$$?; \

@@ -23,7 +23,7 @@ from der_pipeline.router.methods import CASCADE_SIGNALS, ConfidenceCascade, casc
 
 
 def hash_bands(qids: list[str], folds: int) -> np.ndarray:
-    """Fold number of each query: the band of its id hash (as der_pipeline.router.ppo.selection_folds)."""
+    """Fold number of each query: the band of its id hash (as der_pipeline.router.selection.selection_folds)."""
     key = np.array([zlib.crc32(q.encode()) / 2**32 for q in qids])
     return np.minimum((key * folds).astype(int), folds - 1)
 

@@ -29,7 +29,7 @@ import numpy as np
 from der_pipeline.config import load_params
 from der_pipeline.evaluate.common import load_split
 from der_pipeline.router.methods import BestFixedPath, ConfidenceCascade
-from der_pipeline.router.ppo import cross_validate, selection_folds
+from der_pipeline.router.selection import cross_validate, selection_folds
 
 
 def out_of_fold(folds, route) -> tuple[float, float, float]:

@@ -11,9 +11,10 @@ import time
 import torch
 
 from der_pipeline.config import load_params
-from der_pipeline.router.arrays import build_arrays, split_arrays
+from der_pipeline.router.arrays import split_arrays
+from der_pipeline.router.dataset import build_arrays
 from der_pipeline.router.env import VectorTreeEnv
-from der_pipeline.router.ppo import train_ppo
+from der_pipeline.router.selection import train_ppo
 
 
 def main() -> None:

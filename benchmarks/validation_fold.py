@@ -12,7 +12,7 @@ import numpy as np
 from der_pipeline.config import load_params
 from der_pipeline.evaluate.common import load_split
 from der_pipeline.router.methods import PolicyRouter
-from der_pipeline.router.ppo import train_ppo
+from der_pipeline.router.selection import train_ppo
 
 
 def accuracy(router: PolicyRouter, arrays) -> float:

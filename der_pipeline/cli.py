@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,56 @@ import typer
 
 from der_pipeline.config import ConfigError, Params, load_params
 
-app = typer.Typer(
+_DEBUG = False  # --debug: an unexpected error shows its traceback (as does DER_DEBUG=1)
+
+
+def _debugging() -> bool:
+    return _DEBUG or os.environ.get("DER_DEBUG", "").strip() not in ("", "0")
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The full-disk error in ``exc``'s chain (a clean-up on the way out may fail again), naming a file if any does."""
+    from der_pipeline.io import is_disk_full
+
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if is_disk_full(exc) and (found is None or (found.filename is None and exc.filename is not None)):
+            found = exc
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def report_error(exc: BaseException) -> None:
+    """One line on stderr for an error that escaped a command: what happened and what to do."""
+    full = _disk_full(exc)
+    if full is not None:
+        where = f" while writing {full.filename}" if full.filename else ""
+        typer.secho(f"error: no space left on the device{where}. Finished work was kept (every file is written "
+                    f"whole through a temp file and a rename, so nothing already written is damaged); free some "
+                    f"space and rerun the same command to continue", fg="red", err=True)
+        return
+    msg = " ".join(str(exc).split()) or "(no message)"
+    typer.secho(f"error: {type(exc).__name__}: {msg}. Rerun with --debug (or DER_DEBUG=1) for the traceback, "
+                f"and report it if it looks like a bug", fg="red", err=True)
+
+
+class _Typer(typer.Typer):
+    """The app: an error that escapes a command ends in one line (``report_error``) and exit status 1, not a
+    traceback, unless --debug or DER_DEBUG=1. The console script, ``python -m der_pipeline.cli`` and the DVC
+    stages (``app([...])``) all come through here."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - SystemExit (typer.Exit, click's usage errors) passes
+            if _debugging():
+                raise
+            report_error(exc)
+            sys.exit(1)
+
+
+app = _Typer(
     help="Dynamic Ensemble Reasoning over small local LLMs: precompute every 2-hop expert path, "
          "score it, then train and evaluate a PPO router offline. Stages in order: "
          "prepare (, finetune) -> generate -> confidence, embed, score -> train, tune -> evaluate, curves, ablate, cross-task "
@@ -48,10 +98,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from der_pipeline.experts.backends import BackendError
     from der_pipeline.experts.models import ModelNotFoundError
     from der_pipeline.router.live import ExpertCallError
+    from der_pipeline.router.registry import UnknownRouterError
     from der_pipeline.tree_store import CorruptShardError
+    from der_pipeline.writer_lock import StoreBusyError
 
     return (FileNotFoundError, ValueError, ConfigError, CorruptShardError, BackendError, ModelNotFoundError,
-            ExpertCallError)
+            ExpertCallError, StoreBusyError, UnknownRouterError)
 
 
 def _datasets(p: Params, chosen: Optional[list[str]]) -> list[str]:
@@ -66,8 +118,32 @@ def _datasets(p: Params, chosen: Optional[list[str]]) -> list[str]:
     return chosen
 
 
+def _usage_error(message: str) -> None:
+    """A bad flag or argument: the message, exit 2 (before anything is loaded)."""
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _require_models(p: Params, backends: set[str] | None = None, only: set[str] | None = None) -> None:
+    """Before a command loads any model: every local model it will need is there (a package installed, a file a
+    GGUF), else the dotted key (``experts[2].source``) and exit 2. Nothing to check when every engine it uses is
+    an OpenAI-compatible server (``backends``), which serves the models itself."""
+    from der_pipeline.experts.models import ModelNotFoundError, check_expert_models
+
+    if backends is not None and backends <= {"openai"}:
+        return
+    try:
+        check_expert_models(p.experts, only)
+    except ModelNotFoundError as exc:
+        _usage_error(str(exc))
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+          debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error instead of "
+                                     "one line (also: DER_DEBUG=1)")) -> None:
+    global _DEBUG
+    _DEBUG = debug
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # one INFO line per HTTP request (llama-server, OpenAI-compatible servers) buries the progress bar
         for name in ("httpx", "httpx2", "openai"):
@@ -86,7 +162,7 @@ def prepare(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt)
     p = _load(params)
     try:
         written = run(p, _datasets(p, dataset) if dataset else None)
-    except SourceError as exc:
+    except (SourceError,) + _user_errors() as exc:
         _fail(exc)
     for name, path in written.items():
         t = load_prepared(p, name)
@@ -111,6 +187,7 @@ def finetune(params: Path = ParamsOpt,
         if ds not in p.specialists:
             _fail(ValueError(f"--dataset {ds!r}: no specialist declared for it; specialists has "
                              f"{sorted(p.specialists)}"))
+    _require_models(p, only={p.specialists[ds].expert for ds in chosen})
     from der_pipeline.specialists.finetune import finetune as run, write_manifest
 
     write_manifest(p, prune=not dataset)
@@ -124,13 +201,14 @@ def finetune(params: Path = ParamsOpt,
 
 @app.command()
 def generate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
-             limit: Optional[int] = typer.Option(None, help="only the first N prepared queries of each dataset"),
+             limit: Optional[int] = typer.Option(None, min=0, help="only the first N prepared queries of each "
+                                                 "dataset"),
              backend: Optional[str] = typer.Option(
                  None, help="override generation.backend for every dataset (generation.backend_by_dataset "
                  "included): llamacpp | llamaserver | openai | vllm"),
              ray: bool = typer.Option(False, "--ray", help="spread chunks of queries over Ray actors "
                                       "(generation.ray: a local cluster, or the one at its address)"),
-             workers: Optional[int] = typer.Option(None, help="with --ray: override generation.ray.workers"),
+             workers: Optional[int] = typer.Option(None, min=1, help="with --ray: override generation.ray.workers"),
              address: Optional[str] = typer.Option(None, help="with --ray: override generation.ray.address "
                                                    "('auto' joins the cluster `ray start --head` started here)"),
              progress: bool = typer.Option(True, help="show a progress bar")) -> None:
@@ -153,14 +231,16 @@ def generate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt
         if workers is not None or address is not None:
             given = {"workers": workers, "address": address}
             p = p.override("generation", ray={k: v for k, v in given.items() if v is not None})
+        chosen = _datasets(p, dataset)
+        _require_models(p, backends={p.backend_for(d) for d in chosen})
         if ray:
             from der_pipeline.generate.distributed import generate_on_ray as run_ray
 
-            stats = run_ray(p, _datasets(p, dataset), limit=limit, progress=progress)
+            stats = run_ray(p, chosen, limit=limit, progress=progress)
         else:
             from der_pipeline.generate.run import generate as run
 
-            stats = run(p, _datasets(p, dataset), limit=limit, progress=progress)
+            stats = run(p, chosen, limit=limit, progress=progress)
     except _user_errors() as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -205,7 +285,9 @@ def confidence(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetO
     from der_pipeline.signals.confidence import confidence_dataset
 
     p = _load(params)
-    for ds in _datasets(p, dataset):
+    chosen = _datasets(p, dataset)
+    _require_models(p)  # a node without recorded signals is scored with llama.cpp
+    for ds in chosen:
         try:
             typer.echo(json.dumps(confidence_dataset(p, ds, progress=progress)))
         except _user_errors() as exc:
@@ -220,6 +302,10 @@ def confidence(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetO
 def train(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
           preset: Optional[str] = typer.Option(None, help="apply a named preset from params.yaml first (e.g. der-paper)"),
           alpha: Optional[float] = typer.Option(None, help="cost weight a in the reward"),
+          cost_share: Optional[float] = typer.Option(
+              None, "--cost-share",
+              help="fit DER to a budget instead of an alpha: its out-of-fold mean cost at most this share of the "
+                   "reference expert's (budget.reference); alpha is found by bisection on the train split's folds"),
           beta: Optional[float] = typer.Option(None, help="weight b of the improvement P(y_t) - P(y_t-1)"),
           reward_gamma: Optional[float] = typer.Option(
               None, help="reward.gamma: the bonus/penalty g around the threshold p0 (not the PPO discount)"),
@@ -228,8 +314,8 @@ def train(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
           form: Optional[str] = typer.Option(None, help="reward form: per_step (the proposal) | terminal"),
           state: Optional[str] = typer.Option(None, help="what the policy sees: query_answer | query"),
           ppo_gamma: Optional[float] = typer.Option(None, help="ppo.gamma: PPO's discount factor, in [0, 1]"),
-          total_timesteps: Optional[int] = typer.Option(None, help="PPO environment steps"),
-          seed: Optional[int] = typer.Option(None, help="train this one PPO seed instead of params' seeds"),
+          total_timesteps: Optional[int] = typer.Option(None, min=1, help="PPO environment steps"),
+          seed: Optional[int] = typer.Option(None, min=0, help="train this one PPO seed instead of params' seeds"),
           out: Path = typer.Option(Path("runs/train"), help="checkpoint folder: <out>/<dataset>/seed-<s>/"),
           to_models: bool = typer.Option(False, "--to-models",
                                          help="write into paths.models instead of --out: the DVC-tracked "
@@ -247,6 +333,7 @@ def train(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
         if preset:
             p = p.with_preset(preset)
         p = p.override("reward", alpha=alpha, beta=beta, gamma=reward_gamma, p0=p0, signal=signal, form=form)
+        p = p.override("budget", cost_share=cost_share)
         p = p.override("ppo", total_timesteps=total_timesteps, state=state, gamma=ppo_gamma)
         if seed is not None:
             p = p.override("seeds", seeds=[seed])
@@ -257,6 +344,14 @@ def train(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
             summary = train_dataset(p, ds, out_dir=None if to_models else out / ds)
         except _user_errors() as exc:
             _fail(exc)
+        if "budget" in summary:
+            b = summary["budget"]
+            oof = b["out_of_fold"]
+            typer.echo(f"{ds}: budget {b['share']:g} x {b['reference']}'s {b['reference_gflops']:.1f} GFLOPs = "
+                       f"{b['budget_gflops']:.1f} GFLOPs a query -> alpha {b['alpha']:.4f} "
+                       f"({'met' if b['feasible'] else 'NOT met even'} at that alpha): out-of-fold cost "
+                       f"{oof['cost_gflops']:.1f} GFLOPs ({oof['cost_gflops'] / b['reference_gflops']:.2f} of the "
+                       f"reference), score {oof['score']:.3f}, {oof['policy']} policy", err=True)
         typer.echo(json.dumps(summary))
 
 
@@ -333,6 +428,24 @@ def report(params: Path = ParamsOpt,
 
 
 @app.command()
+def gc(params: Path = ParamsOpt, dataset: list[str] = typer.Option(..., "--dataset", "-d",
+                                                                  help="the dataset whose tree to clean (repeatable)"),
+       dry_run: bool = typer.Option(False, "--dry-run", help="only say what would be removed")) -> None:
+    """Remove a tree's stale nodes: those made under settings that are no longer current (an older adapter,
+    prompt, data seed, model or backend), which no reader uses. Says what it removes, by path; with --dry-run
+    it removes nothing. The current nodes are untouched (they are rewritten into new shards first), and the
+    tree's writer lock keeps `generate` out meanwhile."""
+    from der_pipeline.generate.gc import collect
+
+    p = _load(params)
+    for ds in _datasets(p, dataset):
+        try:
+            typer.echo(collect(p, ds, dry_run=dry_run).summary())
+        except _user_errors() as exc:
+            _fail(exc)
+
+
+@app.command()
 def inspect(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
     """Check a scored tree: stale nodes, task score and parse rate of every path (first expert x refiner)."""
     from der_pipeline.evaluate.inspect_tree import inspect as run
@@ -345,9 +458,59 @@ def inspect(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt)
             _fail(exc)
 
 
+def _known_dataset(p: Params, dataset: str) -> None:
+    if dataset not in p.data.datasets:
+        _usage_error(f"--dataset {dataset!r}: unknown dataset; the known ones are {sorted(p.data.datasets)} "
+                     f"(data.datasets in params.yaml)")
+
+
+def context_text(context: str, context_file: Optional[str]) -> str:
+    """--context, or the text of --context-file ('-': standard input); a bad file exits 2."""
+    if context_file is None:
+        return context
+    if context:
+        _usage_error("--context and --context-file: give one of them, not both")
+    if context_file == "-":
+        return sys.stdin.read()
+    path = Path(context_file)
+    if not path.is_file():
+        _usage_error(f"--context-file {context_file}: no such file" + (" (a folder)" if path.is_dir() else ""))
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        _usage_error(f"--context-file {context_file}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+    except OSError as exc:
+        _usage_error(f"--context-file {context_file}: cannot be read ({exc.strerror or exc})")
+
+
+def check_port(host: str, port: int) -> None:
+    """``host:port`` can be listened on: bound once and released at once (so a busy port, or an address that is
+    not this machine's, is refused before any model loads), else exit 2."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _usage_error(f"--host {host!r}: not an address of this machine ({exc.strerror})")
+    family, kind, proto, _, addr = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a closed port is free
+            sock.bind(addr)
+    except OSError as exc:
+        busy = " (is another server, or another `der-pipeline serve`, listening there?)" if \
+            exc.errno == errno.EADDRINUSE else ""
+        _usage_error(f"--port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}{busy}; pick another "
+                     f"--port or stop what holds it")
+
+
 @app.command()
 def ask(question: str = typer.Argument(..., help="the question to answer"),
         context: str = typer.Option("", help="the passage / paragraphs the experts should read"),
+        context_file: Optional[str] = typer.Option(
+            None, "--context-file", help="read the context from this file ('-': standard input) instead of "
+                                         "--context (a long passage, beyond the shell's argument limit)"),
         dataset: str = typer.Option("boolq", "--dataset", "-d", help="which trained policy (and answer format) to use"),
         params: Path = ParamsOpt) -> None:
     """Answer one question live: the trained policy picks experts step by step (probabilities, answers, cost).
@@ -356,6 +519,9 @@ def ask(question: str = typer.Argument(..., help="the question to answer"),
     from der_pipeline.ask import ask as run
 
     p = _load(params)
+    _known_dataset(p, dataset)
+    context = context_text(context, context_file)
+    _require_models(p, backends={p.generation.backend})
     try:
         run(p, dataset, question, context, echo=typer.echo)
     except _user_errors() as exc:
@@ -367,18 +533,22 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
                                       help="whose trained policy (and answer format) to serve"),
           host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default; there is no "
                                                     "authentication, so expose it only behind your own proxy)"),
-          port: int = typer.Option(8000, help="port to listen on"),
+          port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
           policy: Optional[list[Path]] = typer.Option(
               None, "--policy", help="another trained policy.pt to serve as der:<its alpha> (repeatable), e.g. "
                                      "from `der-pipeline train --alpha 0.3 --out runs/a03`"),
+          router: Optional[list[str]] = typer.Option(
+              None, "--router", help="a router of the registry to serve by its id, fitted on the dataset's train "
+                                     "split at start-up (repeatable; default: every one that routes live: "
+                                     "best_fixed, cascade, knn, mlp, round_robin, self_correction...)"),
           params: Path = ParamsOpt) -> None:
     """Serve the trained router as an OpenAI-compatible endpoint (POST /v1/chat/completions, GET /v1/models,
     GET /health).
 
     The last user message is the question; the passage goes in a `context` field of the request body or in a
     system message. `model` picks the router: `der` (the policy `ask` uses: models/<dataset>/seed-<first seed>),
-    `der:<alpha>` (a policy trained at that cost weight; see --policy), or an expert's name to call that expert
-    alone. The reply is a chat completion whose content is the last expert's answer, with `usage` summed over the
+    `der:<alpha>` (a policy trained at that cost weight; see --policy), a baseline router by its id (`cascade`,
+    `best_fixed`, `knn`, `mlp`, ...; see --router), or an expert's name to call that expert alone. The reply is a chat completion whose content is the last expert's answer, with `usage` summed over the
     expert calls and a `der` object: the path, every step (expert, action probabilities, answer, confidence,
     tokens, latency, cost) and the total cost in GFLOPs. `stream: true` streams the answer once routing is done.
     Decoding follows params.yaml (generation.*), as in the tree; request fields such as temperature are ignored.
@@ -393,12 +563,14 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
     from der_pipeline.artifacts import dataset_params, policy_path
     from der_pipeline.data.sources import answer_type_of
     from der_pipeline.router.live import LiveRouter, Policy
+    from der_pipeline.router.registry import fit_live_routers
     from der_pipeline.serve.app import create_app
     from der_pipeline.serve.service import RouterService
 
     p = _load(params)
-    if dataset not in p.data.datasets:
-        _fail(ValueError(f"--dataset {dataset!r}: unknown; one of {sorted(p.data.datasets)} (data.datasets)"))
+    _known_dataset(p, dataset)
+    check_port(host, port)  # before any model loads (that takes seconds)
+    _require_models(p, backends={p.generation.backend})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         p = dataset_params(p, dataset)  # the pool this dataset's policy was trained on (its specialist, if any)
@@ -406,8 +578,9 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
         default = Policy.load(policy_path(p, dataset), names)
         extra = [Policy.load(path, names) for path in policy or []]
         typer.echo(f"loading {len(names)} experts ({', '.join(names)}) and the embedder ...", err=True)
+        routers = fit_live_routers(p, dataset, router or None)
         live = LiveRouter(p, answer_type_of(p, dataset), preload=True)
-        service = RouterService(live, dataset, default, extra)
+        service = RouterService(live, dataset, default, extra, routers=routers)
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(f"serving {service.model_ids()} for {dataset} at http://{host}:{port}/v1", err=True)
@@ -420,7 +593,7 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
 @app.command()
 def demo(rerun: bool = typer.Option(False, "--rerun", help="rerun the whole chain with the real experts on a small "
                                                             "BoolQ sample (minutes) instead of showing committed results"),
-         sample: int = typer.Option(8, help="with --rerun: BoolQ queries to run through the whole chain"),
+         sample: int = typer.Option(8, min=1, help="with --rerun: BoolQ queries to run through the whole chain"),
          workdir: Path = typer.Option(Path("runs/demo"), help="with --rerun: where its data, models and results go"),
          params: Path = ParamsOpt) -> None:
     """Show the committed results tables (seconds); with --rerun, run prepare -> ... -> evaluate on a small
@@ -436,8 +609,9 @@ def demo(rerun: bool = typer.Option(False, "--rerun", help="rerun the whole chai
 
 
 def main() -> None:  # pragma: no cover
+    """The console script `der-pipeline` (pyproject.toml [project.scripts])."""
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

@@ -11,6 +11,7 @@ validates like the loader does.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -48,6 +49,11 @@ class DatasetSpec:
     sample: int
     source: str | None = None  # custom datasets only: their JSON-lines file
     answer_type: str | None = None  # custom datasets only: one of ANSWER_TYPES
+    # A test file of its own (relative to paths.source_data for a benchmark, to params.yaml for a custom
+    # dataset): then every sampled query of the main file is train, and ``test_sample`` queries of this file
+    # are the test split, instead of the seeded split of one file.
+    test_file: str | None = None
+    test_sample: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,11 @@ class DataConfig:
         for name, spec in self.datasets.items():
             where = f"{key}.datasets.{name}"
             _check(spec.sample >= 0, f"{where}.sample", "an integer >= 0")
+            _check(spec.test_file is None or spec.test_file.endswith(".jsonl"), f"{where}.test_file",
+                   "the path of a JSON-lines file (.jsonl) holding the dataset's test split, or no key")
+            _check((spec.test_file is None) == (spec.test_sample is None), f"{where}.test_sample",
+                   "an integer >= 1 exactly when test_file is set (how many of its queries are the test split)")
+            _check(spec.test_sample is None or spec.test_sample >= 1, f"{where}.test_sample", "an integer >= 1")
             if name in DATASETS:
                 _check(spec.source is None, f"{where}.source", f"no source: {name!r} is a built-in benchmark read from "
                        f"paths.source_data (give a custom dataset another name)")
@@ -352,6 +363,31 @@ class EvaluateConfig:
             _check(s in ("per_step", "terminal"), f"{key}.ablations.state_forms", "a list of per_step / terminal")
 
 
+@dataclass(frozen=True)
+class BudgetConfig:
+    """DER fitted to a cost budget instead of an alpha (router/budget.py): its mean cost at most ``cost_share``
+    of the reference expert's, the reward's alpha found as the Lagrange multiplier that meets it out of fold."""
+
+    cost_share: float | None  # None: fit to reward.alpha; else the budget, a share of the reference's mean cost
+    reference: str  # "auto": the strongest single expert on the train split that is not the task's specialist
+    alpha_low: float  # the multiplier is 0 (the budget does not bind) or searched in [alpha_low, alpha_high]
+    alpha_high: float
+    steps: int  # bisection steps, each one K-fold cross-validation of PPO
+    shares: list[float]  # the curves stage's budgets: DER, the cascade and the random mix at each
+    margin: float  # non-inferiority margin: DER - reference >= -margin, by the one-sided lower bound
+    power: float  # the power at which the minimal detectable difference of a test split is reported
+
+    def validate(self, key: str) -> None:
+        _check(self.cost_share is None or 0.0 < self.cost_share <= 1.0, f"{key}.cost_share",
+               "null (fit to reward.alpha) or a number in (0, 1]")
+        _check(bool(self.reference), f"{key}.reference", "auto or an expert's name")
+        _check(0 < self.alpha_low < self.alpha_high, f"{key}.alpha_high",
+               "a number above alpha_low, itself a positive number")
+        _check(self.steps >= 1, f"{key}.steps", "an integer >= 1")
+        _check(all(0.0 < s <= 1.0 for s in self.shares), f"{key}.shares", "a list of numbers in (0, 1]")
+        _check(self.margin >= 0, f"{key}.margin", "a number >= 0")
+        _check(0.5 <= self.power < 1.0, f"{key}.power", "a number in [0.5, 1)")
+
 
 @dataclass(frozen=True)
 class Params:
@@ -364,6 +400,7 @@ class Params:
     reward: RewardConfig
     ppo: PPOConfig
     evaluate: EvaluateConfig
+    budget: BudgetConfig
     seeds: list[int]  # PPO / supervised-router seeds; results average them
     presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # optional: name -> section -> values
     root: Path = Path(".")  # the folder relative paths resolve against (not a YAML key)
@@ -389,6 +426,9 @@ class Params:
         self.reward.validate("reward")
         self.ppo.validate("ppo")
         self.evaluate.validate("evaluate")
+        self.budget.validate("budget")
+        _check(self.budget.reference == "auto" or self.budget.reference in names, "budget.reference",
+               f"auto or an expert's name: {names}")
         _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
                "a non-empty list of distinct integers")
         for name in self.presets:
@@ -525,7 +565,13 @@ def _build(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"params: '{key}' must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"params: bad value for '{key}': expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"params: '{key}' must be a string, got {value!r}")
@@ -533,14 +579,61 @@ def _build(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last one
+    silently): the ConfigError names the dotted key and both lines."""
+
+    def construct_document(self, node):
+        self._where: dict[int, str] = {}  # id of each mapping node -> its dotted key
+        self._walk(node, "")
+        return super().construct_document(node)
+
+    def _walk(self, node, key: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            if id(node) in self._where:  # an alias seen before
+                return
+            self._where[id(node)] = key
+            for k, v in node.value:
+                name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                self._walk(v, f"{key}.{name}" if key else name)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                self._walk(v, f"{key}[{i}]")
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for k, _ in node.value:
+                if k.tag == "tag:yaml.org,2002:merge":
+                    continue
+                name = self.construct_object(k, deep=True)
+                try:
+                    first = seen.get(name)
+                except TypeError:  # an unhashable key: the constructor reports it
+                    continue
+                line = k.start_mark.line + 1
+                if first is not None:
+                    where = self._where.get(id(node), "")
+                    dotted = f"{where}.{name}" if where else str(name)
+                    raise ConfigError(f"params: duplicate key '{dotted}' in {k.start_mark.name}: on line {first} "
+                                      f"and again on line {line} (YAML would keep only the last); keep one")
+                seen[name] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"params: no params file at {path.resolve()}; pass --params PATH")
+    if not path.is_file():
+        raise ConfigError(f"params: {path.resolve()} is not a file; pass --params PATH of a params.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        with path.open(encoding="utf-8") as fh:
+            raw = yaml.load(fh, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"params: {path} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"params: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return params_from_dict(raw, root=path.resolve().parent)
 
 

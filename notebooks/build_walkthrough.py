@@ -25,7 +25,7 @@ CELLS = [
              "q = pl.from_arrow(load_prepared(p, 'boolq'))\nprint(q.group_by('split').len())\n"
              "q.select('qid', 'split', 'question', 'reference').head(5)"),
     ("md", "## 2. The trajectory tree\nFor every query: 4 first answers and 16 refinements through the Knowledge Transfer Prompt."),
-    ("code", "from der_pipeline.artifacts import load_tree\nprepared, tree = load_tree(p, 'boolq')\n"
+    ("code", "from der_pipeline.generate.tree import load_tree\nprepared, tree = load_tree(p, 'boolq')\n"
              "t = pl.from_arrow(tree)\nprint(prepared.num_rows, 'queries with a complete tree,', t.height, 'nodes')\n"
              "t.filter(pl.col('qid') == t['qid'][0]).select('path', 'prompt_tokens', 'completion_tokens', 'node_key', 'answer')"),
     ("md", "## 3. Is the tree trustworthy?\nStale nodes (made under other settings, so not read), task score and parse "
@@ -48,7 +48,7 @@ CELLS = [
            "policies at it, averaged, or the best fixed path where that policy does not beat it out of fold by "
            "more than one standard error (`ppo.fallback`); seconds on a CPU."),
     ("code", "from der_pipeline.evaluate.common import load_split, summarize, public\n"
-             "from der_pipeline.router.ppo import train_ppo\nfrom der_pipeline.router.methods import PolicyRouter\n"
+             "from der_pipeline.router.selection import train_ppo\nfrom der_pipeline.router.methods import PolicyRouter\n"
              "split = load_split(p, 'boolq')\n"
              "agent, hist = train_ppo(split.train, p.reward, p.override('ppo', total_timesteps=40960).ppo, seed=1, scale=split.scale)\n"
              "print('kept iteration', hist[-1].get('selected_iteration'), 'of', len(hist))\n"

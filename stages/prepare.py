@@ -2,6 +2,8 @@
 import sys
 
 from der_pipeline.cli import app
+from der_pipeline.params_trace import trace_from_env
 
 if __name__ == "__main__":
+    trace_from_env("prepare")  # DER_TRACE_PARAMS: the params keys this stage reads (tests/test_real_pipeline.py)
     app(["prepare", *sys.argv[1:]])

@@ -1,7 +1,13 @@
+import importlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,146 @@ SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ENGINES_REQUIRED_ENV = "DER_REQUIRE_ENGINES"  # "1" (CI, `make test-engines`): a missing engine fails, never skips
+
+
+def engines_required() -> bool:
+    return os.environ.get(ENGINES_REQUIRED_ENV) == "1"
+
+
+def require_or_skip(module: str, how: str):
+    """``module`` imported, or the test skipped (``how``: how to install it); with DER_REQUIRE_ENGINES=1 a
+    failure instead, so CI cannot pass by skipping the engine it is meant to test."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if engines_required():
+            pytest.fail(f"{module} cannot be imported ({exc}) and {ENGINES_REQUIRED_ENV}=1: {how}", pytrace=False)
+        pytest.skip(f"{module} cannot be imported: {how}")
+
+
+def require_path_or_skip(path: Path, how: str) -> Path:
+    """``path`` (an engine's binary or venv), or the test skipped; a failure with DER_REQUIRE_ENGINES=1."""
+    if path.exists():
+        return path
+    if engines_required():
+        pytest.fail(f"{path} is missing ({how}) and {ENGINES_REQUIRED_ENV}=1", pytrace=False)
+    pytest.skip(f"{path} is missing: {how}")
+
+
+# ---- the model cache: one per test session, never the user's ----------------------------------------------
+
+CACHE_ENV = "DER_PIPELINE_CACHE"  # what experts/models.py cache_dir() reads (else ~/.cache/der-pipeline)
+_USER_CACHE = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "der-pipeline")
+_session_cache: dict[str, object] = {}
+
+
+def seed_session_cache(root: Path, user: Path) -> Path:
+    """``root`` as a model cache seeded from ``user``'s without writing to it: the assembled GGUFs and the
+    converted Hugging Face folders as symlinks (read-only use; removing a link never removes its target), the
+    fingerprint memo and llama.cpp's converter source as copies (they are written to). The trained LoRA
+    adapters (peft/) and vLLM's compile cache are not seeded: the tests that make them make their own."""
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    if (user / "models").is_dir():
+        for f in sorted((user / "models").iterdir()):
+            if f.name == "fingerprints.json":
+                shutil.copy2(f, models / f.name)
+            elif f.is_file() and not f.name.startswith("."):  # not a half-assembled temp file
+                (models / f.name).symlink_to(f.resolve())
+    if (user / "hf").is_dir():
+        (root / "hf").mkdir(exist_ok=True)
+        for folder in sorted((user / "hf").iterdir()):
+            if folder.is_dir() and not folder.name.startswith("."):
+                (root / "hf" / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
+    if (user / "src").is_dir():
+        shutil.copytree(user / "src", root / "src", symlinks=True,
+                        ignore=lambda d, names: [n for n in names if n.startswith(".") and n.endswith(".tmp")])
+    return root
+
+
+def pytest_configure(config):
+    """Point the model cache at a session folder before any test (or subprocess it starts) reads it, so no test
+    deletes or writes a file of the user's ~/.cache/der-pipeline (the specialist test deletes its recipe's
+    adapter to train afresh; a corrupt cached model is removed by the size check)."""
+    if _session_cache:
+        return
+    root = Path(tempfile.mkdtemp(prefix="der-pipeline-test-cache-"))
+    _session_cache.update(root=root, previous=os.environ.get(CACHE_ENV))
+    seed_session_cache(root, _USER_CACHE)
+    os.environ[CACHE_ENV] = str(root)
+
+
+def pytest_unconfigure(config):
+    if not _session_cache:
+        return
+    previous = _session_cache.pop("previous")
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+    shutil.rmtree(_session_cache.pop("root"), ignore_errors=True)  # removes the links, never what they point to
+
+
+# ---- waiting and ports -----------------------------------------------------------------------------------
+
+
+def wait_until(condition, timeout_s: float, what: str, interval: float = 0.1):
+    """Poll ``condition()`` until it returns something true and return that; a TimeoutError naming ``what`` and
+    the deadline once ``timeout_s`` seconds have passed (a wait never falls through silently)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not within the {timeout_s:g} s deadline")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A port free at the time of asking. Only for a program that must be told its port (an external binary,
+    a CLI); a server of ours binds port 0 and reports the port it got. Wrap its start in ``on_free_port``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def uvicorn_in_thread(app, start_s: float = 60):
+    """``app`` served by uvicorn in a daemon thread on 127.0.0.1, bound to port 0 (the kernel picks a free port
+    at bind time: no probe-then-bind race); yields the port it got. A TimeoutError if it is not listening within
+    ``start_s``, a RuntimeError if it stops first (a failed startup: its log says why)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), start_s, "uvicorn listening", interval=0.05)
+        if not server.started:
+            raise RuntimeError("uvicorn stopped before it listened (its log above says why)")
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+class PortTaken(Exception):
+    """A server could not bind the port it was given (someone took it between the probe and the bind)."""
+
+
+def on_free_port(start, attempts: int = 3):
+    """``start(port)`` on a freshly probed port, tried again on another when it raises PortTaken (the probe's
+    time-of-check race), at most ``attempts`` times."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        try:
+            return start(port)
+        except PortTaken as exc:
+            if attempt == attempts:
+                raise RuntimeError(f"no port could be bound in {attempts} tries; the last: {exc}") from exc
 
 
 @pytest.fixture(scope="session")

@@ -3,20 +3,20 @@ stage on a real tree."""
 import hashlib
 import subprocess
 import sys
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from der_pipeline.artifacts import confidence_dir, load_confidence, read_tree
+from der_pipeline.artifacts import confidence_dir, load_confidence
+from der_pipeline.generate.tree import read_tree
 from der_pipeline.config import load_params
 from der_pipeline.experts.backends import make_backend
 from der_pipeline.experts.prompts import build_prompt
 from der_pipeline.io import write_table
 from der_pipeline.schemas import CONFIDENCE_FIELDS, TREE
 
-from conftest import run_cli
+from conftest import run_cli, wait_until
 from test_generate_real import write_params
 
 pytestmark = pytest.mark.slow
@@ -50,6 +50,7 @@ def digest(folder):
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.glob("shard-*.parquet"))}
 
 
+@pytest.mark.timeout(1200)  # a real tree generated, a pass killed (up to 300 s in) and a second pass
 def test_the_scoring_pass_resumes_after_a_kill_and_leaves_the_tree_untouched(tmp_path):
     params = write_params(tmp_path, n=3, chunk=3)
     run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
@@ -66,9 +67,12 @@ def test_the_scoring_pass_resumes_after_a_kill_and_leaves_the_tree_untouched(tmp
     proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "confidence", "--params", str(params),
                              "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out_folder = confidence_dir(p, "boolq")
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list(out_folder.glob("shard-*.parquet")):
-        time.sleep(0.1)
+    try:
+        wait_until(lambda: proc.poll() is not None or list(out_folder.glob("shard-*.parquet")), 300,
+                   "the confidence pass writing its first shard")
+    except TimeoutError:
+        proc.kill()
+        raise
     assert proc.poll() is None, "the pass finished before it could be killed"
     proc.kill()
     proc.wait()

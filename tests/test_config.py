@@ -103,3 +103,83 @@ def test_der_paper_preset_loads_with_the_public_code_settings():
     assert d.ppo == p.ppo and d.experts == p.experts  # only the reward changes
     with pytest.raises(ConfigError, match="no preset 'nope'"):
         p.with_preset("nope")
+
+
+def _params_text_with(tmp_path, edit):
+    """The repository's params.yaml as text, with ``edit(lines)`` applied, written to tmp_path (keys as written)."""
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    edit(lines)
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _line_of(lines, start):
+    return next(i for i, ln in enumerate(lines) if ln.startswith(start))
+
+
+@pytest.mark.parametrize("where, start, dup, dotted", [
+    ("reward", "  alpha:", "  alpha: 5.0", "reward.alpha"),  # the issue's case: the last value silently won
+    ("ppo", "  gamma:", "  gamma: 0.5", "ppo.gamma"),
+    ("data", "    boolq:", "    boolq: {sample: 3}", "data.datasets.boolq"),
+    ("top", "seeds:", "seeds: [7]", "seeds"),
+])
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path, where, start, dup, dotted):
+    def edit(lines):
+        section = 0 if where == "top" else _line_of(lines, f"{where}:")
+        first = section + _line_of(lines[section:], start)
+        lines.insert(first + 2, dup)
+        edit.lines = (first + 1, first + 3)
+
+    path = _params_text_with(tmp_path, edit)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    msg = str(err.value)
+    assert msg.startswith("params: duplicate key") and f"'{dotted}'" in msg
+    assert f"line {edit.lines[0]}" in msg and f"line {edit.lines[1]}" in msg
+
+
+def test_a_key_written_twice_inside_a_list_item_names_its_index(tmp_path):
+    def edit(lines):
+        i = _line_of(lines, "  - {name: gemma3-270m")
+        lines[i] = lines[i].replace("chat: false}", "chat: false, params_b: 9.0}")
+        edit.line = i + 1
+
+    with pytest.raises(ConfigError, match=re.escape("duplicate key 'experts[1].params_b'")) as err:
+        load_params(_params_text_with(tmp_path, edit))
+    assert f"line {edit.line}" in str(err.value)
+
+
+def test_the_repositorys_params_have_no_duplicate_key():
+    load_params(REPO / "params.yaml")  # the stricter loader still reads the real file
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", ".NaN", "1.0e+999"])
+def test_non_finite_numbers_are_refused_in_the_file(tmp_path, text):
+    def edit(lines):
+        i = _line_of(lines[_line_of(lines, "reward:"):], "  alpha:") + _line_of(lines, "reward:")
+        lines[i] = f"  alpha: {text}"
+
+    with pytest.raises(ConfigError, match=re.escape("bad value for 'reward.alpha': expected a finite number")):
+        load_params(_params_text_with(tmp_path, edit))
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda r: r["reward"].update(alpha=float("inf")), "reward.alpha"),
+    (lambda r: r["ppo"].update(learning_rate=float("nan")), "ppo.learning_rate"),
+    (lambda r: r["experts"][2].update(params_b=float("inf")), "experts[2].params_b"),
+    (lambda r: r["evaluate"].update(alpha_sweep=[0.1, float("-inf")]), "evaluate.alpha_sweep[1]"),
+    (lambda r: r["presets"]["der-paper"]["reward"].update(p0=float("nan")), "presets.der-paper.reward.p0"),
+    (lambda r: r["reward"].update(beta=10 ** 400), "reward.beta"),  # an integer no float holds
+])
+def test_non_finite_numbers_are_refused_anywhere_a_float_is_read(mutate, key):
+    r = raw()
+    mutate(r)
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}': expected a finite number")):
+        params_from_dict(r)
+
+
+def test_a_non_finite_flag_is_refused_like_the_file():
+    p = load_params(REPO / "params.yaml")
+    with pytest.raises(ConfigError, match=re.escape("'reward.alpha': expected a finite number")):
+        p.override("reward", alpha=float("inf"))  # `train --alpha inf`

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,22 +18,17 @@ from der_pipeline.generate.run import generate_dataset
 from der_pipeline.signals.metrics import parse_yes_no
 from der_pipeline.tree_store import TreeStore
 
-from conftest import REPO, run_cli
+from conftest import CACHE_ENV, REPO, require_or_skip, require_path_or_skip, run_cli, wait_until
 from test_generate_real import write_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.engines]
+# Each test makes a reference tree with in-process llama.cpp before running its engine: longer than the default
+# limit on 2 cores (vLLM's CPU build alone is given 20 minutes below).
+pytestmark = [pytest.mark.slow, pytest.mark.engines, pytest.mark.timeout(1800)]
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 LLAMA_SERVER = REPO / ".engines" / "bin" / "llama-server"
-REQUIRED = os.environ.get("DER_REQUIRE_ENGINES") == "1"  # CI: a missing engine is a failure, not a skip
-
-
-def need(path: Path, how: str):
-    if path.exists():
-        return
-    if REQUIRED:
-        pytest.fail(f"{path} is missing ({how}) and DER_REQUIRE_ENGINES=1")
-    pytest.skip(f"{path} is missing: {how}")
+# A missing engine skips here, and fails with DER_REQUIRE_ENGINES=1 (CI, `make test-engines`): conftest's
+# require_or_skip / require_path_or_skip.
 
 
 def rows(folder: Path) -> list[dict]:
@@ -61,7 +55,7 @@ def sequential(tmp_path: Path, n: int, rows_too: bool = False) -> dict:
 
 
 def test_ray_two_workers_one_killed_mid_run_make_every_node_once(tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray", reason="pip install -e '.[ray]'")
+    ray = require_or_skip("ray", "pip install -e '.[ray]'")
     from der_pipeline.generate import distributed
 
     n = 4
@@ -78,13 +72,12 @@ def test_ray_two_workers_one_killed_mid_run_make_every_node_once(tmp_path, monke
         thread = threading.Thread(target=lambda: result.update(
             stats=distributed.generate_on_ray(p, ["boolq"], progress=False, actors=actors)))
         thread.start()
-        deadline = time.time() + 300
-        while time.time() < deadline and not list(folder.glob("shard-*.parquet")):
-            time.sleep(0.1)
+        wait_until(lambda: list(folder.glob("shard-*.parquet")) or not thread.is_alive(), 300,
+                   "Ray generation writing its first shard")
         assert thread.is_alive(), "generation finished before a worker could be killed"
         os.kill(pids[0], signal.SIGKILL)  # a worker dies mid-run; Ray restarts it and retries its chunk
         thread.join(timeout=600)
-        assert not thread.is_alive()
+        assert not thread.is_alive(), "Ray generation still running 600 s after the worker was killed"
         new_pids = ray.get([a.pid.remote() for a in actors])
     finally:
         ray.shutdown()
@@ -103,7 +96,7 @@ def test_ray_two_workers_one_killed_mid_run_make_every_node_once(tmp_path, monke
 
 
 def test_llama_server_with_parallel_slots_makes_the_tree_with_confidence(tmp_path):
-    need(LLAMA_SERVER, "build it with `make llama-server`")
+    require_path_or_skip(LLAMA_SERVER, "build it with `make llama-server`")
     n = 3
     reference = sequential(tmp_path, n)
     params = write_params_in(tmp_path / "srv", n=n, chunk=n, backend="llamaserver",
@@ -134,12 +127,13 @@ def test_llama_server_missing_binary_is_a_clear_error(repo_params, tmp_path):
 
 
 def test_vllm_cpu_build_makes_the_same_yes_no_answers_as_llama_cpp(tmp_path):
-    need(VLLM_PYTHON, "set it up with `make setup-vllm`")
+    require_path_or_skip(VLLM_PYTHON, "set it up with `make setup-vllm`")
     n = 3
     reference = sequential(tmp_path, n, rows_too=True)
     params = write_params_in(tmp_path / "vllm", n=n, chunk=n, backend="vllm")
     run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": str(Path.home() / ".cache" / "der-pipeline" / "vllm")}
+    # the session's model cache (conftest), not the user's ~/.cache/der-pipeline
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": str(Path(os.environ[CACHE_ENV]) / "vllm")}
     proc = subprocess.run([str(VLLM_PYTHON), "-m", "der_pipeline.cli", "generate", "--params", str(params),
                            "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]

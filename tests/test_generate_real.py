@@ -1,10 +1,10 @@
 """Generation with real packaged models: crash-resume, the OpenAI-compatible server, vLLM where it exists."""
 import json
 import signal
-import socket
 import subprocess
 import sys
-import time
+import threading
+import urllib.request
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -15,10 +15,10 @@ from der_pipeline.config import load_params
 from der_pipeline.experts.backends import BackendError, OpenAIBackend, make_backend
 from der_pipeline.experts.models import ModelNotFoundError, resolve_model_path
 from der_pipeline.experts.prompts import build_prompt
-from der_pipeline.artifacts import read_tree
+from der_pipeline.generate.tree import read_tree
 from der_pipeline.generate.run import generate_dataset
 
-from conftest import REPO, SHARED_DATA, run_cli
+from conftest import REPO, SHARED_DATA, PortTaken, free_port, on_free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -51,17 +51,19 @@ def all_rows(tmp_path):
             for r in pq.read_table(s).to_pylist()]
 
 
+@pytest.mark.timeout(1200)  # up to 600 s for the first shard, then two more runs of generate
 def test_killed_generation_resumes_with_every_node_exactly_once(tmp_path):
     params = write_params(tmp_path, n=3, chunk=1)
     run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "generate", "--params", str(params),
                              "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     folder = tmp_path / "data" / "tree" / "boolq"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:  # wait for the first finished shard, then kill hard
-        if folder.exists() and list(folder.glob("shard-*.parquet")):
-            break
-        time.sleep(0.2)
+    try:  # wait for the first finished shard, then kill hard
+        wait_until(lambda: proc.poll() is not None or list(folder.glob("shard-*.parquet")), 600,
+                   "generate writing its first shard", interval=0.2)
+    except TimeoutError:
+        proc.kill()
+        raise
     assert proc.poll() is None, "generation finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -84,47 +86,73 @@ def test_sigterm_flushes_finished_nodes(tmp_path):
     run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "generate", "--params", str(params)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # the progress bar reports nodes: wait until one is done, then ask politely
-    deadline = time.time() + 300
-    buf = ""
-    while time.time() < deadline:
-        ch = proc.stderr.read(1)
-        buf += ch
-        if not ch or "| 1/" in buf or "| 2/" in buf:
-            break
+    # the progress bar reports nodes: wait until one is done, then ask politely. The pipe is read in a thread,
+    # so a silent process cannot block the wait past its deadline.
+    node_done = threading.Event()
+
+    def read_progress():
+        buf = ""
+        while ch := proc.stderr.read(1):
+            buf += ch
+            if "| 1/" in buf or "| 2/" in buf:
+                break
+        node_done.set()  # a finished node, or the end of the output
+
+    reader = threading.Thread(target=read_progress, daemon=True)
+    reader.start()
+    if not node_done.wait(300):
+        proc.kill()
+        raise TimeoutError("generate finishing its first node: not within the 300 s deadline")
+    reader.join(10)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert len(all_rows(tmp_path)) >= 1
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SERVER_START_S = 180
 
 
 def start_llama_server(folder):
-    """A real llama.cpp OpenAI-compatible server of the small pool on 127.0.0.1: (process, base URL)."""
-    port = free_port()
-    cfg = {"host": "127.0.0.1", "port": port, "models": [
-        {"model": str(resolve_model_path(e["source"])), "model_alias": e["name"], "n_ctx": 2048, "n_threads": 2,
-         "verbose": False} for e in SMALL_POOL]}
-    path = folder / "config.json"
-    path.write_text(json.dumps(cfg))
-    log = open(folder / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
+    """A real llama.cpp OpenAI-compatible server of the small pool on 127.0.0.1: (process, base URL).
+
+    llama_cpp.server must be told its port: a probed one, tried again on another when the server finds it taken
+    (conftest.on_free_port); a TimeoutError when it does not listen within SERVER_START_S."""
+    models = [{"model": str(resolve_model_path(e["source"])), "model_alias": e["name"], "n_ctx": 2048,
+               "n_threads": 2, "verbose": False} for e in SMALL_POOL]
+
+    def start(port):
+        path = folder / "config.json"
+        path.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": models}))
+        log_path = folder / "server.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)],
+                                    stdout=log, stderr=subprocess.STDOUT)
+
+        def listening():
             if proc.poll() is not None:
-                raise RuntimeError((folder / "server.log").read_text())
-            time.sleep(0.5)
-    return proc, f"http://127.0.0.1:{port}/v1"
+                return "exited"
+            try:  # ours, not whatever else took the port after the probe: it serves the pool's aliases
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as r:
+                    ids = {m["id"] for m in json.load(r)["data"]}
+            except (OSError, ValueError, KeyError):
+                return None
+            return "up" if {e["name"] for e in SMALL_POOL} <= ids else None
+
+        try:
+            state = wait_until(listening, SERVER_START_S, f"llama_cpp.server listening on port {port}", interval=0.5)
+        except TimeoutError:
+            proc.kill()
+            proc.wait()
+            raise
+        if state == "exited":
+            log_text = log_path.read_text(errors="replace")
+            if "address already in use" in log_text.lower():
+                raise PortTaken(f"port {port}: {log_text[-500:]}")
+            raise RuntimeError(f"llama_cpp.server exited with code {proc.returncode}:\n{log_text}")
+        return proc, f"http://127.0.0.1:{port}/v1"
+
+    return on_free_port(start)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +180,7 @@ def test_openai_backend_against_a_real_llama_cpp_server(tmp_path, openai_server)
     assert gemma_hop1["answer"].split()[0].lower().strip(".,") in {"yes", "no"}
 
 
+@pytest.mark.timeout(1500)  # two server starts (180 s each at most), a generation killed mid-run and a rerun
 def test_a_server_killed_mid_run_is_a_clear_error_and_no_finished_node_is_lost(tmp_path):
     server, url = start_llama_server(tmp_path)
     try:
@@ -162,9 +191,12 @@ def test_a_server_killed_mid_run_is_a_clear_error_and_no_finished_node_is_lost(t
                                  "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         folder = tmp_path / "data" / "tree" / "boolq"
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not list(folder.glob("shard-*.parquet")):
-            time.sleep(0.1)
+        try:
+            wait_until(lambda: proc.poll() is not None or list(folder.glob("shard-*.parquet")), 300,
+                       "generate writing its first shard")
+        except TimeoutError:
+            proc.kill()
+            raise
         assert proc.poll() is None, "generation finished before the server could be killed"
         server.kill()  # the server dies mid-run
         _, err = proc.communicate(timeout=300)

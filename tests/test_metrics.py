@@ -142,3 +142,13 @@ def test_summary_score_carries_rouge_1_2_of_the_best_gold():
     # span answers carry exact match only; yes/no none
     assert set(score_answer("Answer: Paris", "Paris", "span").secondary) == {"exact_match"}
     assert score_answer("yes", "yes", "yes_no").secondary == {}
+
+
+def test_a_boxed_answer_is_the_final_number():
+    """gsm8k-test-413's answer: the model boxed 5 and then wrote on ("... for 30 days")."""
+    from der_pipeline.signals.metrics import parse_number
+
+    assert parse_number(r"So she needs \boxed{5} bags, which last for 30 days.") == "5"
+    assert parse_number(r"\boxed{1} at first, then \boxed{1,200.50}; 7 more") == "1200.5"  # the last box
+    assert parse_number(r"\boxed{x} and the answer is 9") == "9"  # a box with no number does not count
+    assert parse_number("Answer: 3 * 4 = 12") == "12"

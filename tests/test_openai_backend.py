@@ -1,31 +1,45 @@
 """The OpenAI-compatible backend against real HTTP servers on 127.0.0.1 that misbehave on purpose.
 
-The server is a small real one (http.server in a thread) that answers like an OpenAI endpoint, so the
-client's retries and error paths run for real; the llama.cpp server test in test_generate_real.py
-covers the same backend against a real model server, killed mid-run.
+The server is a small real one (http.server in a thread, bound to port 0) that answers like an OpenAI
+endpoint, so the client's retries and error paths run for real; the llama.cpp server test in
+test_generate_real.py covers the same backend against a real model server, killed mid-run. What the
+server saw (requests, bodies, how many were in flight at once) is recorded server-side, and the tests
+check that, never the wall clock. A stand-in llama-server binary checks how the llamaserver engine
+starts its servers: a port taken before the bind, a server that never gets ready.
 """
 import json
 import math
+import os
 import signal
+import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from der_pipeline.config import ExpertSpec
+from der_pipeline.experts import backends
 from der_pipeline.experts.backends import BackendError, make_backend
 from der_pipeline.experts.prompts import build_prompt
 
+HOLD_S = 5  # the longest a request is held by the server waiting for others (a failing test ends, never hangs)
+
 
 class Script:
-    """What the server answers, in order: an int is an HTTP error status, a dict a 200 body."""
+    """What the server answers, in order: an int is an HTTP error status, a dict a 200 body.
+
+    ``echo``: answer each request with its own question instead. ``hold(n)``, if set, runs in the request's
+    handler thread (``n``: its number, from 1) before it answers: a test holds requests there on an event or a
+    barrier, so the server itself observes what was in flight together."""
 
     def __init__(self, answers):
         self.answers = list(answers)
         self.requests = 0
         self.bodies = []
-        self.echo_delay = None  # set: answer each request with its own question after this many seconds
+        self.echo = False
+        self.hold = None
         self.in_flight = self.max_in_flight = 0
+        self.answered = 0
         self.lock = threading.Lock()
 
 
@@ -62,16 +76,19 @@ def server():
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with script.lock:
                 script.requests += 1
+                n = script.requests
                 script.bodies.append(body)
                 script.in_flight += 1
                 script.max_in_flight = max(script.max_in_flight, script.in_flight)
-            if script.echo_delay is not None:
-                time.sleep(script.echo_delay)
+            if script.hold is not None:
+                script.hold(n)
+            if script.echo:
                 answer = echo(body)
             else:
                 answer = script.answers.pop(0) if script.answers else completion()
             with script.lock:
                 script.in_flight -= 1
+                script.answered += 1
             if isinstance(answer, int):
                 self.send_response(answer)
                 self.send_header("Content-Type", "application/json")
@@ -132,15 +149,27 @@ def test_a_response_without_usage_is_an_error_not_a_free_call(server, repo_param
 
 
 def test_concurrent_requests_come_back_in_order_with_n_in_flight(server, repo_params):
+    """Four streams of two prompts: the server holds every request until four are in flight together (a barrier
+    of four, reset for the second round), so it sees the overlap itself; a client sending one at a time breaks
+    the barrier, which the server records."""
     script, url = server
-    script.echo_delay = 0.3
+    script.echo = True
+    together = threading.Barrier(4, timeout=HOLD_S)
+    broken = []
+
+    def hold(n):
+        try:
+            together.wait()
+        except threading.BrokenBarrierError:
+            broken.append(n)
+
+    script.hold = hold
     backend, expert = backend_for(repo_params, url, concurrency=4)
     prompts = [build_prompt(True, f"question {i}?", "", "yes_no", 4) for i in range(8)]
-    t0 = time.perf_counter()
     outs = list(backend.generate(expert, prompts))
     assert [o.text for o in outs] == [f"question {i}?" for i in range(8)]
-    assert script.max_in_flight == 4
-    assert time.perf_counter() - t0 < 8 * 0.3  # overlapped, not one after another
+    assert broken == [] and script.requests == 8  # two rounds of four in flight at once: overlapped
+    assert script.max_in_flight == 4  # and never more than the setting
     assert all("logprobs" not in b for b in script.bodies)  # top_logprobs 0: not asked
 
 
@@ -150,31 +179,48 @@ def test_a_stop_mid_batch_ends_each_stream_after_its_request_in_flight(server, r
     class Stopped(Exception):
         pass
 
+    script, url = server
+    script.echo = True
+    main = threading.main_thread().ident
+    second_round = threading.Barrier(2, timeout=HOLD_S)  # requests 3 and 4: each stream's second, both in flight
+    signalled, handled = threading.Event(), threading.Event()
+    seen = {}
+
     def raise_stopped(*_):
+        handled.set()
         raise Stopped
 
-    script, url = server
-    script.echo_delay = 0.3
+    def hold(n):
+        if n not in (3, 4):
+            return
+        try:
+            if second_round.wait() == 0:  # one of the two sends the stop, while both are held here
+                seen["in_flight_at_stop"] = script.in_flight
+                signal.pthread_kill(main, signal.SIGALRM)
+                signalled.set()
+        except threading.BrokenBarrierError:
+            seen.setdefault("broken", n)
+        signalled.wait(HOLD_S)
+        handled.wait(HOLD_S)  # answer only once the stop has reached the generating thread
+
+    script.hold = hold
     backend, expert = backend_for(repo_params, url, concurrency=2)
     prompts = [build_prompt(True, f"question {i}?", "", "yes_no", 4) for i in range(20)]
     old = signal.signal(signal.SIGALRM, raise_stopped)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.45)  # during each stream's second request
-        t0 = time.perf_counter()
         with pytest.raises(Stopped):
             list(backend.generate(expert, prompts))
-        stopped_after = time.perf_counter() - t0
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    assert stopped_after < 1.5  # the requests in flight finish; the 16 queued ones (2.4 s per stream) are dropped
-    time.sleep(0.5)
-    assert script.requests <= 6
+    # `generate` has returned, so its streams have ended: nothing more can reach the server
+    assert "broken" not in seen and seen["in_flight_at_stop"] == 2 and handled.is_set()
+    assert script.answered == script.requests  # the requests in flight were answered, not cut off
+    assert script.requests <= 6  # the 16 queued prompts were dropped (at most one more per stream got out first)
 
 
 def test_server_logprobs_give_the_confidence_features(server, repo_params):
     script, url = server
-    script.echo_delay = 0.0
+    script.echo = True
     backend, expert = backend_for(repo_params, url, top_logprobs=5)
     [out] = list(backend.generate(expert, [PROMPT]))
     assert script.bodies[0]["logprobs"] is True and script.bodies[0]["top_logprobs"] == 5
@@ -200,3 +246,119 @@ def test_legacy_completion_logprobs_are_read_too():
     assert from_token_logprobs([(" ", -0.1, {})], "yes_no").answer_tokens == 0  # only whitespace: empty
     assert from_token_logprobs(rows, "span").yes_prob is None
     assert token_logprobs(None) is None
+
+
+FAKE_LLAMA_SERVER = """\
+import http.server, json, os, sys, time
+from pathlib import Path
+
+args = sys.argv[1:]
+port, alias = int(args[args.index("--port") + 1]), args[args.index("-a") + 1]
+state = Path(os.environ["FAKE_LLAMA_STATE"])
+if not os.environ.get("FAKE_LLAMA_OTHER"):
+    with (state / "starts").open("a") as f:
+        f.write(f"{port}\\n")
+starts = len((state / "starts").read_text().split())
+mode = "serve" if os.environ.get("FAKE_LLAMA_OTHER") else (state / "mode").read_text()
+if mode == "bind-fails-always" or (mode == "bind-fails-once" and starts == 1):
+    print(f"main: couldn't bind HTTP server socket, hostname: 127.0.0.1, port: {port}", flush=True)
+    sys.exit(1)
+if mode == "never-ready":
+    time.sleep(600)
+if mode == "taken-by-another" and starts == 1:  # another server holds the port; this one fails to bind, late
+    import subprocess
+    other = subprocess.Popen([sys.executable, __file__, "--port", str(port), "-a", "another-model"],
+                             env={**os.environ, "FAKE_LLAMA_OTHER": "1"})
+    (state / "other.pid").write_text(str(other.pid))
+    time.sleep(2)  # loading: the engine probes the port meanwhile, and finds the other server there
+    print(f"main: couldn't bind HTTP server socket, hostname: 127.0.0.1, port: {port}", flush=True)
+    sys.exit(1)
+
+
+class Models(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        data = json.dumps({"object": "list", "data": [{"id": alias, "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+http.server.HTTPServer(("127.0.0.1", port), Models).serve_forever()
+"""
+
+
+@pytest.fixture()
+def fake_llama_server(tmp_path, monkeypatch, repo_params):
+    """A stand-in llama-server (its --port, -a and /v1/models only), in a mode the test picks, and the
+    llamaserver engine pointed at it with one local 'model'. Returns (set_mode, make_backend, expert, starts)."""
+    binary = tmp_path / "llama-server"
+    binary.write_text(f"#!{sys.executable}\n" + FAKE_LLAMA_SERVER)
+    binary.chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "starts").write_text("")
+    monkeypatch.setenv("FAKE_LLAMA_STATE", str(state))
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF" + bytes(16))
+    expert = ExpertSpec(name="tiny", source=str(model), params_b=0.1, chat=True)
+    made = []
+
+    def make(start_timeout_s=30.0):
+        g = repo_params.override("generation", backend="llamaserver",
+                                 llamaserver={"binary": str(binary), "slots": 1,
+                                              "start_timeout_s": start_timeout_s}).generation
+        made.append(make_backend(g))
+        return made[-1]
+
+    yield (lambda mode: (state / "mode").write_text(mode)), make, expert, \
+        (lambda: [int(x) for x in (state / "starts").read_text().split()])
+    for b in made:
+        b.close()
+    if (state / "other.pid").exists():
+        os.kill(int((state / "other.pid").read_text()), signal.SIGKILL)
+
+
+def test_llama_server_whose_port_was_taken_before_it_bound_is_started_again_on_another(fake_llama_server):
+    set_mode, make, expert, starts = fake_llama_server
+    set_mode("bind-fails-once")
+    backend = make()
+    backend._client_for(expert)  # starts the expert's server
+    first, second = starts()  # two starts: the first lost its port, the second came up on a fresh one
+    assert first != second
+    proc, client, _ = backend._servers["tiny"]
+    assert proc.poll() is None and str(client.base_url) == f"http://127.0.0.1:{second}/v1/"
+
+
+def test_llama_server_never_mistakes_another_server_on_its_port_for_itself(fake_llama_server):
+    """The probe's race the other way round: another server took the port and answers there while this one
+    loads (and then fails to bind). The engine waits for its own model alias, then starts again elsewhere."""
+    set_mode, make, expert, starts = fake_llama_server
+    set_mode("taken-by-another")
+    backend = make()
+    backend._client_for(expert)
+    first, second = starts()
+    proc, client, _ = backend._servers["tiny"]
+    assert str(client.base_url) == f"http://127.0.0.1:{second}/v1/" and second != first
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+def test_llama_server_that_cannot_bind_any_port_is_a_clear_error_after_bounded_tries(fake_llama_server):
+    set_mode, make, expert, starts = fake_llama_server
+    set_mode("bind-fails-always")
+    with pytest.raises(BackendError, match=r"(?s)exited with code 1.*couldn't bind"):
+        make()._client_for(expert)
+    assert len(starts()) == backends.PORT_ATTEMPTS == 3  # bounded: three starts, then the error
+
+
+def test_llama_server_not_ready_by_its_deadline_is_an_error_naming_the_deadline(fake_llama_server):
+    set_mode, make, expert, starts = fake_llama_server
+    set_mode("never-ready")
+    backend = make(start_timeout_s=1.0)
+    with pytest.raises(BackendError, match=r"not ready after 1\.0 s \(generation\.llamaserver\.start_timeout_s\)"):
+        backend._client_for(expert)
+    assert len(starts()) == 1 and "tiny" not in backend._servers  # killed, not retried, not kept

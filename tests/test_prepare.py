@@ -156,7 +156,9 @@ def test_squad_preparation_keeps_every_gold_answer_and_the_answers_sentence(repo
         prepare(p.override("paths", source_data=str(bad)))
 
 
-def custom(repo_params, tmp_path, lines, answer_type="span", sample=10):
+def custom(repo_params, tmp_path, lines, answer_type="span", sample=None):
+    """``mine``: a custom dataset of ``lines``, sampling all of them by default (a larger sample is refused)."""
+    sample = len(lines) if sample is None else sample
     path = tmp_path / "mine.jsonl"
     path.write_text("".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines))
     p = local(repo_params, tmp_path)
@@ -214,3 +216,159 @@ def test_custom_dataset_declarations_are_checked(repo_params, tmp_path):
     with pytest.raises(ConfigError, match=re.escape("data.datasets.My-Data")):
         repo_params.override("data", datasets={**base, "My-Data": {"sample": 5, "source": "x.jsonl",
                                                                     "answer_type": "span"}})
+
+
+def test_a_test_file_of_its_own_is_the_test_split(repo_params, tmp_path):
+    """SST-2 names its 1,821-sentence test file: the dev sentences are all train, the test file's are all test,
+    with ids that cannot collide with dev's, and the sampled test queries are the same at every size."""
+    p = local(repo_params, tmp_path)
+    p = p.override("data", datasets={"sst2": {"sample": 20, "test_file": "sst2/test.jsonl", "test_sample": 30}})
+    prepare(p)
+    rows = load_prepared(p, "sst2").to_pylist()
+    train = [r for r in rows if r["split"] == "train"]
+    test = [r for r in rows if r["split"] == "test"]
+    assert len(train) == 20 and len(test) == 30
+    assert all(re.fullmatch(r"sst2-\d+", r["qid"]) for r in train)
+    assert all(re.fullmatch(r"sst2-test-\d+", r["qid"]) for r in test)
+    by_idx = {rec["idx"]: rec for _, rec in read_records(SHARED_DATA, "sst2", relpath="sst2/test.jsonl")}
+    for r in test:
+        rec = by_idx[int(r["qid"].rsplit("-", 1)[1])]
+        assert r["context"] == " ".join(rec["sentence"].split())
+        assert r["reference"] == ("positive" if rec["label"] == 1 else "negative")
+    bigger = p.override("data", datasets={"sst2": {"sample": 20, "test_file": "sst2/test.jsonl", "test_sample": 60}})
+    bigger = bigger.override("paths", data=str(tmp_path / "data2"))
+    prepare(bigger)
+    big_test = {r["qid"] for r in load_prepared(bigger, "sst2").to_pylist() if r["split"] == "test"}
+    assert {r["qid"] for r in test} < big_test
+
+
+@pytest.mark.parametrize("spec, key", [({"sample": 5, "test_file": "sst2/test.jsonl"}, "test_sample"),
+                                       ({"sample": 5, "test_sample": 3}, "test_sample"),
+                                       ({"sample": 5, "test_file": "sst2/test.csv", "test_sample": 3}, "test_file")])
+def test_a_test_file_needs_both_keys(repo_params, spec, key):
+    from der_pipeline.config import ConfigError
+    with pytest.raises(ConfigError, match=rf"data\.datasets\.sst2\.{key}"):
+        repo_params.override("data", datasets={"sst2": spec})
+
+
+def test_number_references_may_be_json_numbers_and_are_stored_as_strings(repo_params, tmp_path):
+    p = custom(repo_params, tmp_path, [
+        {"id": "a", "question": "How many legs have three spiders?", "reference": 24},
+        {"id": "b", "question": "Half of three?", "reference": 1.5},
+        {"id": "c", "question": "Twelve as a float?", "reference": 12.0},
+        {"id": "d", "question": "A thousand and more?", "reference": "1,234"},
+    ], answer_type="number")
+    prepare(p)
+    table = pq.read_table(tmp_path / "data" / "prepared" / "mine.parquet")
+    assert table.schema.field("reference").type == "string"
+    rows = {r["qid"]: r["reference"] for r in load_prepared(p, "mine").to_pylist()}
+    assert rows == {"mine-a": "24", "mine-b": "1.5", "mine-c": "12", "mine-d": "1,234"}
+    from der_pipeline.signals.metrics import score_answer
+
+    assert score_answer("Answer: 24", rows["mine-a"], "number").score == 1.0
+    assert score_answer("so 1.5", rows["mine-b"], "number").score == 1.0
+    assert score_answer("1234 it is", rows["mine-d"], "number").score == 1.0
+    for bad in ("nan", "inf", "Infinity"):  # a hand-edited table: an error naming it, not a crash or a silent 0
+        with pytest.raises(ValueError, match=f"number reference '{bad}' is not a finite number"):
+            score_answer("12", bad, "number")
+
+
+@pytest.mark.parametrize("line", [
+    '{"question": "q?", "reference": "nan"}', '{"question": "q?", "reference": "inf"}',
+    '{"question": "q?", "reference": "-Infinity"}', '{"question": "q?", "reference": "NaN"}',
+    '{"question": "q?", "reference": NaN}', '{"question": "q?", "reference": Infinity}',
+    '{"question": "q?", "reference": 1e999}',
+])
+def test_a_non_finite_number_reference_is_refused(repo_params, tmp_path, line):
+    p = custom(repo_params, tmp_path, ['{"question": "q?", "reference": "7"}', line], answer_type="number")
+    with pytest.raises(SourceError, match=r"mine\.jsonl:2: field 'reference' is .*not a finite number"):
+        prepare(p)
+    assert not list((tmp_path / "data").rglob("*.parquet"))
+
+
+def test_a_number_reference_of_another_type_is_refused(repo_params, tmp_path):
+    for ref in (True, None, [1]):
+        p = custom(repo_params, tmp_path, [{"question": "q?", "reference": ref}], answer_type="number")
+        with pytest.raises(SourceError, match=r"mine\.jsonl:1: field 'reference' must be a non-empty string or a number"):
+            prepare(p)
+    p = custom(repo_params, tmp_path, [{"question": "q?", "reference": 12}], answer_type="span")
+    with pytest.raises(SourceError, match=r"mine\.jsonl:1: field 'reference' must be a non-empty string"):
+        prepare(p)  # only a number answer may have a number reference
+
+
+def _digest(folder):
+    return {f.name: f.read_bytes() for f in sorted(folder.glob("*.parquet"))}
+
+
+GOOD = [{"id": "a", "question": "Who wrote Hamlet?", "reference": "Shakespeare"},
+        {"id": "b", "question": "Capital of France?", "reference": "Paris"}]
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_an_empty_source_is_refused_and_the_prepared_table_stays(repo_params, tmp_path, content):
+    p = custom(repo_params, tmp_path, GOOD)
+    prepare(p)
+    before = _digest(tmp_path / "data" / "prepared")
+    (tmp_path / "mine.jsonl").write_text(content)
+    with pytest.raises(SourceError, match=r"mine: the file .*mine\.jsonl holds no records; nothing was written"):
+        prepare(p)
+    assert _digest(tmp_path / "data" / "prepared") == before
+    assert not list((tmp_path / "data").rglob("*.tmp"))
+
+
+def test_a_sample_larger_than_the_file_is_refused_and_the_prepared_table_stays(repo_params, tmp_path):
+    p = custom(repo_params, tmp_path, GOOD)
+    prepare(p)
+    before = _digest(tmp_path / "data" / "prepared")
+    big = custom(repo_params, tmp_path, GOOD, sample=1_000_000)
+    with pytest.raises(SourceError) as err:
+        prepare(big)
+    msg = str(err.value)
+    assert msg.startswith("mine: data.datasets.mine.sample is 1000000") and "holds only 2 records" in msg
+    assert _digest(tmp_path / "data" / "prepared") == before
+
+
+def test_a_benchmark_sample_or_test_sample_larger_than_its_file_is_refused(repo_params, tmp_path):
+    p = local(repo_params, tmp_path, sst2=873)  # the validation split holds 872 sentences
+    with pytest.raises(SourceError, match=r"sst2: data\.datasets\.sst2\.sample is 873 but .*dev\.jsonl holds only 872"):
+        prepare(p)
+    p = p.override("data", datasets={"sst2": {"sample": 5, "test_file": "sst2/test.jsonl", "test_sample": 1822}})
+    with pytest.raises(SourceError, match=r"sst2: data\.datasets\.sst2\.test_sample is 1822 but the test file "
+                                          r".*test\.jsonl holds only 1821"):
+        prepare(p)
+    assert not (tmp_path / "data" / "prepared").exists()
+
+
+def test_params_sst2_sample_equal_to_its_file_still_prepares(repo_params, tmp_path):
+    assert repo_params.data.datasets["sst2"].sample == 872
+    p = local(repo_params, tmp_path, sst2=repo_params.data.datasets["sst2"].sample)
+    prepare(p)
+    assert load_prepared(p, "sst2").num_rows == 872
+
+
+def test_one_bad_dataset_leaves_every_prepared_table_as_it_was(repo_params, tmp_path):
+    p = custom(repo_params, tmp_path, GOOD)
+    p = p.override("data", datasets={**{k: {"sample": s.sample} for k, s in p.data.datasets.items()},
+                                     "boolq": {"sample": 5}})
+    prepare(p)
+    before = _digest(tmp_path / "data" / "prepared")
+    assert set(before) == {"boolq.parquet", "mine.parquet"}
+    (tmp_path / "mine.jsonl").write_text("")
+    grown = p.override("data", datasets={**{k: {"sample": s.sample} for k, s in p.data.datasets.items()},
+                                         "boolq": {"sample": 6}})
+    with pytest.raises(SourceError, match="mine: "):
+        prepare(grown)
+    assert _digest(tmp_path / "data" / "prepared") == before  # boolq's table not rewritten either
+
+
+def test_a_folder_or_a_binary_file_as_source_is_a_source_error(repo_params, tmp_path):
+    p = custom(repo_params, tmp_path, GOOD)
+    (tmp_path / "mine.jsonl").unlink()
+    (tmp_path / "mine.jsonl").mkdir()
+    with pytest.raises(SourceError, match=r"mine\.jsonl is not a file"):
+        prepare(p)
+    (tmp_path / "mine.jsonl").rmdir()
+    (tmp_path / "mine.jsonl").write_bytes(json.dumps(GOOD[0]).encode() + b"\n\x89PNG\r\n\x1a\n\x00\xff\xfe\x00\n")
+    with pytest.raises(SourceError, match=r"mine\.jsonl:2: not UTF-8 text"):
+        prepare(p)
+    assert not (tmp_path / "data" / "prepared").exists()

@@ -19,16 +19,17 @@ import pytest
 
 import yaml
 
-from der_pipeline.artifacts import expected_paths, read_tree
+from der_pipeline.artifacts import expected_paths
+from der_pipeline.generate.tree import read_tree
 from der_pipeline.config import load_params
 from der_pipeline.io import read_table
-from der_pipeline.router.arrays import build_arrays
+from der_pipeline.router.dataset import build_arrays
 from der_pipeline.tree_store import TreeStore
 from der_pipeline.schemas import CONFIDENCE, EMBEDDINGS, SCORES
 
 from conftest import REPO, SHARED_DATA, make_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 # Generation is most of this suite's time, so every dataset has the fewest queries that
 # give it a train and a test query: under data seed 121 the first two of each dataset's seeded order split
 # one and one (the split is a hash of the seed and the id; most seeds need 3 to 5 queries for some dataset).
@@ -87,10 +88,38 @@ def venv_env():
 def project(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("proj"), small_params)
     (root / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CUSTOM))
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=venv_env(),
+    # every stage records the params keys it reads (der_pipeline/params_trace.py), for the dvc.yaml check below
+    env = {**venv_env(), "DER_TRACE_PARAMS": str(root / "params-read")}
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return root
+
+
+# Keys a stage reads that decide none of its outputs, so dvc.yaml need not list them (with the reason).
+NOT_A_DEPENDENCY = {
+    "paths.data": "where artifacts live: DVC tracks the artifacts themselves as deps and outs",
+    "paths.models": "likewise", "paths.results": "likewise", "paths.metrics": "likewise",
+    "evaluate.round_robin_order": "dataset_params renames the specialist in it for every reader of a tree; only "
+                                  "the stages that evaluate round-robin (evaluate, curves) use the order",
+}
+
+
+def test_every_stage_lists_every_params_key_it_reads(project):
+    """dvc.yaml's `params:` of each stage covers every key its code read in the real repro above (a key is
+    covered by itself or a section above it), so a change to any of them marks the stage changed."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    traced = {f.stem: json.loads(f.read_text()) for f in (project / "params-read").glob("*.json")}
+    assert set(traced) == set(stages)  # every stage ran and recorded its reads
+    missing = {}
+    for stage, keys in traced.items():
+        listed = set(stages[stage].get("params", []))
+        for key in keys:
+            parts = key.split(".")
+            covered = any(".".join(parts[:i]) in listed for i in range(1, len(parts) + 1))
+            if not covered and key not in NOT_A_DEPENDENCY:
+                missing.setdefault(stage, []).append(key)
+    assert not missing, f"dvc.yaml stages read params keys they do not list: {missing}"
 
 
 def test_dvc_repro_builds_the_full_tree_with_real_experts(project):

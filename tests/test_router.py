@@ -10,7 +10,7 @@ from der_pipeline.router.arrays import cost_scale
 from der_pipeline.router.env import TreeEnv, VectorTreeEnv
 from der_pipeline.router.methods import (FixedPath, KNNRouter, MLPRouter, Oracle, PolicyRouter, RandomRouter,
                                         SelfCorrectionBest)
-from der_pipeline.router.ppo import train_ppo
+from der_pipeline.router.selection import train_ppo
 
 from conftest import ppo_cfg, reward_cfg, synthetic_tree
 
@@ -301,7 +301,7 @@ def test_der_paper_preset_trains_and_learns_the_expert_bertscore_favours(repo_pa
 
 
 def test_selection_folds_partition_the_train_split_by_a_fixed_hash():
-    from der_pipeline.router.ppo import selection_folds
+    from der_pipeline.router.selection import selection_folds
 
     t = synthetic_tree(n_queries=200, n_experts=3)
     folds = selection_folds(t, 3)
@@ -316,7 +316,8 @@ def test_selection_folds_partition_the_train_split_by_a_fixed_hash():
 
 
 def test_ppo_keeps_the_iteration_with_the_best_cross_validated_return():
-    from der_pipeline.router.ppo import cross_validate, greedy_return
+    from der_pipeline.router.ppo import greedy_return
+    from der_pipeline.router.selection import cross_validate
 
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)
     cfg = reward_cfg(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
@@ -337,7 +338,7 @@ def test_ppo_keeps_the_iteration_with_the_best_cross_validated_return():
     per_fold = [greedy_return(a, val, cfg, cost_scale(t), "query_answer") for a, (_, val) in zip(cv.agents, cv.folds)]
     assert np.mean(per_fold) == pytest.approx(max(checked), abs=1e-6)
     # the policy kept (ppo.final_policy: fold_ensemble) is the folds' policies at that iteration
-    from der_pipeline.router.ppo import FoldEnsemble
+    from der_pipeline.router.selection import FoldEnsemble
 
     assert isinstance(agent, FoldEnsemble) and len(agent.members) == 3
     for member, fold_agent in zip(agent.members, cv.agents):
@@ -354,7 +355,8 @@ def test_fixed_path_policy_takes_its_path_on_every_query():
     from der_pipeline.router.arrays import path_index
     from der_pipeline.router.env import path_actions
     from der_pipeline.router.methods import greedy_paths
-    from der_pipeline.router.ppo import Agent, FixedPathPolicy
+    from der_pipeline.router.ppo import Agent
+    from der_pipeline.router.selection import FixedPathPolicy
 
     t, n = synthetic_tree(n_queries=12, n_experts=3), 3
     cfg = reward_cfg(signal="task", form="terminal", actions="ktp_and_fresh")
@@ -392,7 +394,7 @@ def test_fixed_path_check_by_hand():
     """Out of fold, the per-query utility of a policy that stops exactly on expert 0's right answers,
     against the best fixed path fitted on the other folds, computed here from the tree's numbers."""
     from der_pipeline.router.methods import best_fixed_index
-    from der_pipeline.router.ppo import CrossValidation, FixedPathPolicy, fixed_path_check, selection_folds
+    from der_pipeline.router.selection import CrossValidation, FixedPathPolicy, fixed_path_check, selection_folds
 
     q = 30
     t = synthetic_tree(n_queries=q, n_experts=2, good=1)
@@ -423,9 +425,9 @@ def test_train_keeps_the_best_fixed_path_where_the_policy_does_not_beat_it(tmp_p
     """Expert 0 is always right and the cheapest: no policy can beat answering with it, so the fallback keeps
     that path (saved and loaded as such, the learned weights beside it); ``fallback: none`` keeps the
     folds' policies."""
-    from der_pipeline.artifacts import load_policy
-    from der_pipeline.router.ppo import FixedPathPolicy, FoldEnsemble
-    from der_pipeline.router.train import save_policy
+    from der_pipeline.router.checkpoint import load_policy
+    from der_pipeline.router.selection import FixedPathPolicy, FoldEnsemble
+    from der_pipeline.router.checkpoint import save_policy
 
     t = synthetic_tree(n_queries=60, n_experts=3, good=0)
     cfg = reward_cfg(signal="task", form="terminal", alpha=0.1)
@@ -448,9 +450,10 @@ def test_train_keeps_the_best_fixed_path_where_the_policy_does_not_beat_it(tmp_p
 
 
 def test_fold_ensemble_averages_its_members_action_probabilities(tmp_path, repo_params):
-    from der_pipeline.artifacts import load_policy
-    from der_pipeline.router.ppo import Agent, FoldEnsemble
-    from der_pipeline.router.train import save_policy
+    from der_pipeline.router.checkpoint import load_policy
+    from der_pipeline.router.ppo import Agent
+    from der_pipeline.router.selection import FoldEnsemble
+    from der_pipeline.router.checkpoint import save_policy
 
     torch.manual_seed(0)
     members = [Agent(5, 4, hidden=8) for _ in range(3)]
@@ -478,7 +481,7 @@ def test_fold_ensemble_averages_its_members_action_probabilities(tmp_path, repo_
 
 
 def test_keep_iteration_takes_the_latest_within_a_fraction_of_the_gain():
-    from der_pipeline.router.ppo import keep_iteration
+    from der_pipeline.router.selection import keep_iteration
 
     curve = {2: 0.96, 4: 1.0008, 6: 1.0093, 8: 1.0092, 10: 0.99, 12: 1.0092, 14: 0.97}  # untrained 0.51: gain 0.4993
     assert keep_iteration(curve, 0.51, 0.01) == 12  # band 1.0093 - 0.005: 6, 8 and 12 are in it, 14 is not
@@ -652,7 +655,7 @@ class _SplitPolicy(_ConstantPolicy):
 
 
 def test_out_of_fold_scores_each_folds_policy_on_its_own_held_out_queries():
-    from der_pipeline.router.ppo import CrossValidation, selection_folds
+    from der_pipeline.router.selection import CrossValidation, selection_folds
 
     t = synthetic_tree(n_queries=60, n_experts=2, good=1)  # e1 right (cost 2), e0 wrong (cost 1); e0>e1 right
     folds = selection_folds(t, 3)
@@ -672,9 +675,9 @@ def test_out_of_fold_scores_each_folds_policy_on_its_own_held_out_queries():
 
 
 def test_the_kept_policy_carries_its_out_of_fold_operating_point(tmp_path, repo_params):
-    from der_pipeline.artifacts import load_policy
-    from der_pipeline.router.ppo import cross_validate
-    from der_pipeline.router.train import save_policy
+    from der_pipeline.router.checkpoint import load_policy
+    from der_pipeline.router.selection import cross_validate
+    from der_pipeline.router.checkpoint import save_policy
 
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)
     cfg = reward_cfg(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
@@ -722,3 +725,59 @@ def test_all_actions_ppo_logs_the_policys_expected_return_and_is_seeded():
     assert all(1.0 <= h["mean_calls"] <= 2.0 and 0.0 <= h["mean_final_p"] <= 1.0 for h in history)
     again, _ = train_ppo(t, cfg, ppo, seed=3)
     assert all(torch.equal(x, y) for x, y in zip(agent.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
+    """A pickle whose loading runs a shell command (the classic __reduce__ trick) is refused by the one
+    checkpoint loader, and the command never runs."""
+    import pickle
+
+    from der_pipeline.router.checkpoint import CheckpointError, load_policy
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    import torch
+    path = tmp_path / "boolq" / "seed-1" / "policy.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "evil": Evil()}, path)  # torch.save pickles the object as it is
+    with pytest.raises(CheckpointError, match=r"policy\.pt: not a readable policy checkpoint.*der-pipeline train "
+                                               r"-d boolq --to-models"):
+        load_policy(path)
+    assert not marker.exists()
+    path.write_bytes(pickle.dumps({"evil": Evil()}))  # a plain pickle, not torch's zip format
+    with pytest.raises(CheckpointError):
+        load_policy(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_a_corrupt_or_foreign_file_names_itself_and_how_to_retrain(tmp_path, content):
+    import torch
+
+    from der_pipeline.router.checkpoint import CheckpointError, load_policy
+
+    path = tmp_path / "sst2" / "seed-2" / "policy.pt"
+    path.parent.mkdir(parents=True)
+    if content is None:
+        torch.save({"weights": torch.zeros(3)}, path)  # a real torch file, but not a policy checkpoint
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"seed-2/policy\.pt: .*der-pipeline train -d sst2 --to-models"):
+        load_policy(path)
+
+
+def test_every_committed_checkpoint_loads_as_data_only():
+    from der_pipeline.router.checkpoint import load_policy
+
+    from conftest import REPO
+
+    paths = sorted(REPO.glob("models/*/seed-*/policy.pt"))
+    assert len(paths) >= 30
+    for path in paths:
+        agent, ckpt = load_policy(path)
+        assert ckpt["experts"] and ckpt["n_actions"] >= len(ckpt["experts"])

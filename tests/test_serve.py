@@ -5,16 +5,12 @@ seconds; the embedder and the router are the real ones. test_serve_real.py runs 
 real packaged experts and the committed BoolQ policy.
 """
 import json
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
 import openai
 import pytest
 import torch
-import uvicorn
 
 from der_pipeline.router.arrays import CONF_FEATURES
 from der_pipeline.router.env import obs_dim
@@ -22,13 +18,8 @@ from der_pipeline.router.live import LiveRouter, Policy
 from der_pipeline.router.ppo import Agent
 from der_pipeline.serve.app import create_app
 from der_pipeline.serve.service import RouterService
+from conftest import uvicorn_in_thread
 from fakes import FakeBackend
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def untrained_policy(n: int, alpha: float, state="query_answer_confidence") -> Policy:
@@ -38,22 +29,33 @@ def untrained_policy(n: int, alpha: float, state="query_answer_confidence") -> P
     return Policy(path=f"untrained-{alpha}", agent=agent, state=state, ktp_only=False, alpha=alpha, seed=1)
 
 
+SERVED_ROUTERS = {}  # the served fixture's routers, so a test can set a threshold on the live object
+
+
+def hand_fitted_routers(names):
+    """A cascade (the first expert, escalating to the last afresh when its first-token probability is under
+    the threshold) and a fixed path (the second expert refining the first), set by hand as fit would."""
+    from der_pipeline.router.arrays import path_index
+    from der_pipeline.router.methods import BestFixedPath, ConfidenceCascade
+
+    cascade = ConfidenceCascade()
+    cascade.cheap, cascade.strong, cascade.signal, cascade.threshold = 0, len(names) - 1, "first_prob", 0.5
+    cascade.chosen = {"first": names[0], "then": names[-1], "signal": "first_prob", "threshold": 0.5}
+    fixed = BestFixedPath()
+    fixed.idx, fixed.chosen = path_index(len(names), 0, 1), f"{names[0]}>{names[1]}"
+    return {"best_fixed": fixed, "cascade": cascade}
+
+
 @pytest.fixture(scope="module")
 def served(repo_params):
     backend = FakeBackend(repo_params.generation)
     live = LiveRouter(repo_params, "yes_no", backend=backend)
     n = len(live.names)
-    service = RouterService(live, "boolq", untrained_policy(n, 0.5), [untrained_policy(n, 0.25)])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-    yield client, backend, f"http://127.0.0.1:{port}", live.names
-    server.should_exit = True
-    thread.join(10)
+    service = RouterService(live, "boolq", untrained_policy(n, 0.5), [untrained_policy(n, 0.25)],
+                            routers=SERVED_ROUTERS.setdefault("routers", hand_fitted_routers(live.names)))
+    with uvicorn_in_thread(create_app(service)) as port:  # port 0: the port the server bound, no probe race
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        yield client, backend, f"http://127.0.0.1:{port}", live.names
 
 
 def ask(client, model="der", question="Is the sky blue?", **kw):
@@ -63,7 +65,7 @@ def ask(client, model="der", question="Is the sky blue?", **kw):
 def test_models_and_health(served):
     client, _, base, names = served
     ids = [m.id for m in client.models.list().data]
-    assert ids == ["der", "der:0.25", "der:0.5", *names]
+    assert ids == ["der", "der:0.25", "der:0.5", "best_fixed", "cascade", *names]
     assert httpx.get(f"{base}/health").json()["status"] == "ok"
 
 
@@ -155,3 +157,27 @@ def test_a_failing_expert_gives_502_naming_it_and_the_server_goes_on(served):
     finally:
         backend.fail_after = None
     assert ask(client, model=names[3]).choices[0].message.content
+
+
+def test_the_cascade_and_a_fixed_path_are_served_by_their_ids(served):
+    """`model="cascade"`: its first expert answers; the fake backend gives no token probabilities (confidence
+    features 0), so under a threshold of 0.5 it escalates to the last expert afresh, and under 0 it stops."""
+    client, backend, _, names = served
+    cascade = SERVED_ROUTERS["routers"]["cascade"]
+    before = backend.calls
+    r = ask(client, model="cascade")
+    der = r.model_extra["der"]
+    assert [s["expert"] for s in der["steps"]] == [names[0], names[-1]]
+    assert [s["action"] for s in der["steps"]] == ["answer", "answer"]
+    assert der["path"] == f"{names[0]}>fresh:{names[-1]}" and backend.calls - before == 2
+    assert der["policy"] == {"router": "cascade", "chosen": cascade.chosen}
+    cascade.threshold = 0.0
+    try:
+        der = ask(client, model="cascade").model_extra["der"]
+    finally:
+        cascade.threshold = 0.5
+    assert der["path"] == names[0] and der["stopped"]
+    der = ask(client, model="best_fixed").model_extra["der"]
+    assert [(s["expert"], s["action"]) for s in der["steps"]] == [(names[0], "answer"), (names[1], "refine")]
+    assert der["path"] == f"{names[0]}>{names[1]}"
+

@@ -3,10 +3,8 @@ BoolQ policy, driven by the official `openai` client: the committed tree's path 
 for a test question, streaming, four requests at once, and every bad request with its status."""
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,38 +13,50 @@ import openai
 import pytest
 import yaml
 
-from der_pipeline.artifacts import load_tree
+from der_pipeline.generate.tree import load_tree
 from der_pipeline.evaluate.common import load_split, saved_policies
 from der_pipeline.router.methods import greedy_paths
 
+from conftest import PortTaken, free_port, on_free_port, wait_until
+
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# the module's server loads the real experts before it listens (up to `start`'s 600 s), then answers for real
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def start(params: Path, timeout=600):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "serve", "-d", "boolq", "--port", str(port),
-                             "--params", str(params)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    base = f"http://127.0.0.1:{port}"
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited {proc.returncode}:\n{proc.stdout.read()}")
+    """`der-pipeline serve` on a probed port (its --port cannot be 0), started again on another when the port
+    turns out to be taken (conftest.on_free_port); a TimeoutError when /health does not answer within ``timeout``."""
+    def attempt(port):
+        proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "serve", "-d", "boolq", "--port", str(port),
+                                 "--params", str(params)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        base = f"http://127.0.0.1:{port}"
+
+        def state():
+            if proc.poll() is not None:
+                return "exited"
+            try:
+                r = httpx.get(f"{base}/health", timeout=2)
+            except httpx.TransportError:
+                return None
+            # ours, not whatever else took the port after the probe: its health names the dataset it serves
+            return "up" if r.status_code == 200 and r.json().get("dataset") == "boolq" else None
+
         try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise AssertionError("serve did not come up")
+            got = wait_until(state, timeout, f"der-pipeline serve answering {base}/health", interval=1)
+        except TimeoutError:
+            proc.kill()
+            proc.wait()
+            raise
+        if got == "exited":
+            out = proc.stdout.read()
+            if "address already in use" in out.lower():  # at serve's own check, or at uvicorn's bind
+                raise PortTaken(f"port {port}: {out[-500:]}")
+            raise AssertionError(f"serve exited {proc.returncode}:\n{out}")
+        return proc, base
+
+    return on_free_port(attempt)
 
 
 def stop(proc) -> str:

@@ -7,11 +7,10 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
-from conftest import REPO, SHARED_DATA, run_cli
+from conftest import REPO, SHARED_DATA, run_cli, wait_until
 
 from der_pipeline.artifacts import adapter_path, dataset_params, load_prepared
 from der_pipeline.config import load_params
@@ -24,7 +23,8 @@ from der_pipeline.specialists.finetune import (
     training_rows,
 )
 
-pytestmark = pytest.mark.slow
+# training is most of these tests' time: the module fixture's run of finetune, then a killed run resumed
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def write_params(tmp_path):
@@ -107,11 +107,13 @@ def test_a_finetune_killed_after_its_checkpoint_resumes_from_it_and_makes_the_sa
     code = ("import der_pipeline.specialists.finetune as f; from der_pipeline.config import load_params; "
             f"f.CHECKPOINT_SECONDS = 0; f.finetune(load_params({str(params)!r}), 'sst2', progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while not checkpoint.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    try:
+        wait_until(lambda: checkpoint.exists() or proc.poll() is not None, 600, "finetune writing its first checkpoint",
+                   interval=0.02)
+    except TimeoutError:
+        proc.kill()
+        raise
+    assert checkpoint.exists(), f"finetune exited ({proc.returncode}) before its first checkpoint: {proc.stderr.read()}"
     proc.kill()
     proc.wait()
     assert not trained.exists() and not adapter.exists()

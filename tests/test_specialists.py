@@ -8,6 +8,7 @@ from conftest import edited_params, small_source_project
 from fakes import FakeBackend
 
 from der_pipeline import artifacts
+from der_pipeline.generate import tree as tree_reading
 from der_pipeline.config import ConfigError
 from der_pipeline.data.prepare import prepare
 from der_pipeline.experts.keys import gguf_fingerprint
@@ -82,15 +83,15 @@ def test_specialist_nodes_are_made_under_its_name_and_remade_when_the_adapter_ch
     write_adapter(p, b"a" * 100)
     made = generate_dataset(p, "sst2", FakeBackend(p.generation), progress=False)
     assert made["nodes_generated"] == N * 20
-    read = artifacts.read_tree(p, "sst2")
+    read = tree_reading.read_tree(p, "sst2")
     paths = set(read.nodes["path"].to_pylist())
     assert SPECIALIST in paths and f"{SPECIALIST}>qwen2.5-coder-1.5b" in paths and "smollm2-135m" not in paths
     # BoolQ keeps the plain base model
     generate_dataset(p, "boolq", FakeBackend(p.generation), progress=False)
-    assert "smollm2-135m" in set(artifacts.read_tree(p, "boolq").nodes["path"].to_pylist())
+    assert "smollm2-135m" in set(tree_reading.read_tree(p, "boolq").nodes["path"].to_pylist())
     # a retrained adapter: only the nodes the specialist answered or refined are made again
     write_adapter(p, b"b" * 200)
-    assert artifacts.read_tree(p, "sst2").prepared.num_rows == 0
+    assert tree_reading.read_tree(p, "sst2").prepared.num_rows == 0
     again = generate_dataset(p, "sst2", FakeBackend(p.generation), progress=False)
     # its answer (1), its refinements of every first answer (4) and every refinement of its answer by others (3)
     assert again["nodes_generated"] == N * 8 and again["nodes_skipped"] == N * 12

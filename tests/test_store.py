@@ -1,5 +1,6 @@
 """The tree store: pure reads, newest copy per node, bounded shards, corrupt shards reported."""
 import os
+import re
 import stat
 
 import pyarrow.parquet as pq
@@ -88,3 +89,124 @@ def test_shards_are_written_with_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_shard_of_the_wrong_schema_is_quarantined_like_a_truncated_one(tmp_path):
+    import pyarrow as pa
+
+    store = TreeStore(tmp_path)
+    store.append([row("q1", "a")])
+    other = tmp_path / "shard-99999999999999999998.parquet"
+    pq.write_table(pa.table({"qid": ["q9"], "score": [1.0]}), other)  # e.g. another table's shard copied here
+    before = listing(tmp_path)
+    with pytest.raises(CorruptShardError, match=f"{other.name} \\(wrong schema: missing column"):
+        store.read()
+    tolerant = store.read_tolerant()  # the writer's view: set aside, not a crash
+    assert tolerant.corrupt == [other] and tolerant.table.num_rows == 1
+    assert listing(tmp_path) == before
+    store.quarantine(other)
+    assert (tmp_path / (other.stem + ".corrupt")).exists() and store.read().num_rows == 1
+
+
+def test_generate_moves_a_wrong_schema_shard_aside(repo_params, tmp_path):
+    import pyarrow as pa
+
+    from der_pipeline.artifacts import tree_dir
+    from der_pipeline.generate.run import prepare_store
+
+    p = repo_params.override("paths", data=str(tmp_path / "data"))
+    folder = tree_dir(p, "boolq")
+    TreeStore(folder).append([row("q1", "a")])
+    pq.write_table(pa.table({"qid": ["q9"]}), folder / "shard-99999999999999999998.parquet")
+    store, corrupt = prepare_store(p, "boolq")
+    assert corrupt == 1 and [c.name for c in folder.glob("*.corrupt")] == ["shard-99999999999999999998.corrupt"]
+    assert store.read().num_rows == 1
+
+
+def _git(cwd, *args):
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def test_the_quarantine_advice_gets_exactly_the_committed_shards_back(tmp_path, caplog):
+    """After a quarantine and new shards, the advised command leaves the folder as committed: no .corrupt file,
+    no new shard (`git checkout` alone left both, and `dvc status` then marked every stage)."""
+    import logging
+    import subprocess
+
+    repo = tmp_path / "repo"
+    folder = repo / "data" / "tree" / "boolq"
+    store = TreeStore(folder)
+    store.append([row("q1", "a")])
+    store.append([row("q2", "a")])
+    _git(repo, "init", "-q")
+    _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tree")
+    committed = listing(folder)
+    bad = store.shards()[0]
+    bad.write_bytes(b"PAR1 truncated")
+    with pytest.raises(CorruptShardError) as err:
+        store.read()
+    advice = str(err.value).split("`")[1]
+    assert advice.startswith("git checkout -- ") and " && git clean -fd -- " in advice
+    assert "der-pipeline generate -d boolq" in str(err.value)
+    with caplog.at_level(logging.WARNING, logger="der_pipeline.tree_store"):
+        store.quarantine(bad)
+    assert advice in caplog.text
+    store.append([row("q1", "a", answer="made again")])
+    assert listing(folder) != committed
+    subprocess.run(advice, shell=True, cwd=repo, check=True, capture_output=True)
+    assert listing(folder) == committed
+
+
+def test_a_damaged_confidence_shard_names_the_confidence_stage(tmp_path):
+    from der_pipeline.schemas import CONFIDENCE
+
+    folder = tmp_path / "confidence" / "sst2"
+    folder.mkdir(parents=True)
+    (folder / "shard-00000000000000000001.parquet").write_bytes(b"not parquet")
+    with pytest.raises(CorruptShardError, match=r"unreadable confidence table shard.*"
+                                                r"der-pipeline confidence -d sst2"):
+        TreeStore(folder, CONFIDENCE).read()
+
+
+@pytest.mark.parametrize("loader, stage", [("load_scores", "score"), ("load_embeddings", "embed"),
+                                           ("load_prepared", "prepare")])
+def test_a_damaged_table_names_the_command_that_remakes_it(repo_params, tmp_path, loader, stage):
+    import pyarrow as pa
+
+    from der_pipeline import artifacts
+    from der_pipeline.io import CorruptTableError, SchemaError
+
+    p = repo_params.override("paths", data=str(tmp_path / "data"))
+    path = {"load_scores": artifacts.scores_path, "load_embeddings": artifacts.embeddings_path,
+            "load_prepared": artifacts.prepared_path}[loader](p, "boolq")
+    load = getattr(artifacts, loader)
+    command = f"`der-pipeline {stage} -d boolq` (or `dvc repro {stage}`)"
+    with pytest.raises(FileNotFoundError, match=re.escape(command)):
+        load(p, "boolq")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"PAR1 cut short")
+    with pytest.raises(CorruptTableError) as err:
+        load(p, "boolq")
+    assert str(err.value).startswith(f"{path}: unreadable table") and command in str(err.value)
+    assert f"git checkout -- {path}" in str(err.value)
+    pq.write_table(pa.table({"x": [1]}), path)
+    with pytest.raises(SchemaError, match=re.escape(command)):
+        load(p, "boolq")
+
+
+def test_an_empty_table_never_replaces_a_full_one(tmp_path):
+    from der_pipeline.io import EmptyTableError, write_rows
+    from der_pipeline.schemas import TREE
+
+    path = tmp_path / "t.parquet"
+    write_rows([row("q1", "a"), row("q2", "a")], path, TREE)
+    before = path.read_bytes()
+    with pytest.raises(EmptyTableError, match=r"t\.parquet: refusing to replace its 2 rows with an empty table"):
+        write_rows([], path, TREE)
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+    write_rows([], tmp_path / "new.parquet", TREE)  # nothing replaced: allowed
+    write_rows([], path, TREE, allow_empty=True)  # the explicit opt-in
+    assert pq.read_metadata(path).num_rows == 0

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from der_pipeline import artifacts
+from der_pipeline.generate import tree as tree_reading
 from der_pipeline.data.prepare import prepare
 from der_pipeline.experts import prompts as prompts_module
 from der_pipeline.generate.run import generate_dataset
@@ -36,7 +37,7 @@ def test_a_rerun_reuses_every_current_node(project):
     assert run(p, "boolq")["nodes_generated"] == N * 20
     again = run(p, "boolq")
     assert again["nodes_generated"] == 0 and again["nodes_skipped"] == N * 20
-    read = artifacts.read_tree(p, "boolq")
+    read = tree_reading.read_tree(p, "boolq")
     assert read.prepared.num_rows == N and read.nodes.num_rows == N * 20 and read.stale == {}
 
 
@@ -49,11 +50,11 @@ def test_another_data_seed_regenerates_the_hotpotqa_nodes_and_readers_skip_the_o
     prepare(q)  # same queries (all three), distractors picked and ordered by the new seed
     changed = [r["qid"] for r in artifacts.load_prepared(q, "hotpotqa").to_pylist() if old[r["qid"]] != r["context"]]
     assert changed, "the new seed should reorder some context"
-    read = artifacts.read_tree(q, "hotpotqa")  # before regenerating: the old nodes are not read
+    read = tree_reading.read_tree(q, "hotpotqa")  # before regenerating: the old nodes are not read
     assert read.incomplete == len(changed) and sum(read.stale.values()) == 20 * len(changed)
     stats = run(q, "hotpotqa")
     assert stats["nodes_generated"] == 20 * len(changed) and stats["nodes_stale"] == 20 * len(changed)
-    assert artifacts.read_tree(q, "hotpotqa").prepared.num_rows == N
+    assert tree_reading.read_tree(q, "hotpotqa").prepared.num_rows == N
 
 
 def test_another_chat_flag_regenerates_that_experts_nodes(project):
@@ -67,7 +68,7 @@ def test_another_chat_flag_regenerates_that_experts_nodes(project):
                 e["chat"] = True
     q = params(project, flip)
     with pytest.raises(ValueError, match="no query has a complete current"):
-        artifacts.load_tree(q, "boolq")
+        tree_reading.load_tree(q, "boolq")
     stats = run(q, "boolq")
     # gemma's own 4 nodes per query (1 answer + 3 refinements of others... ) and every refinement of its answer
     n = 4
@@ -80,7 +81,7 @@ def test_an_edited_prompt_regenerates_without_a_version_bump(project, monkeypatc
     prepare(p)
     run(p, "boolq")
     monkeypatch.setitem(prompts_module.INSTRUCTIONS, "yes_no", prompts_module.INSTRUCTIONS["yes_no"] + " Be brief.")
-    assert artifacts.read_tree(p, "boolq").prepared.num_rows < N
+    assert tree_reading.read_tree(p, "boolq").prepared.num_rows < N
     chat_experts = sum(e.chat for e in p.experts)
     # every chat expert's hop-1 node changes, and so does every node refining a changed answer
     assert run(p, "boolq")["nodes_generated"] >= N * chat_experts
@@ -90,9 +91,9 @@ def test_a_foreign_backends_nodes_never_replace_stored_ones(project):
     p = params(project)
     prepare(p)
     run(p, "boolq")
-    mine = {(r["qid"], r["path"]): r["answer"] for r in artifacts.read_tree(p, "boolq").nodes.to_pylist()}
+    mine = {(r["qid"], r["path"]): r["answer"] for r in tree_reading.read_tree(p, "boolq").nodes.to_pylist()}
     assert run(p, "boolq", name="openai")["nodes_generated"] == N * 20  # an openai server's nodes: other keys
-    read = artifacts.read_tree(p, "boolq")  # params still say llamacpp
+    read = tree_reading.read_tree(p, "boolq")  # params still say llamacpp
     assert {(r["qid"], r["path"]): r["answer"] for r in read.nodes.to_pylist()} == mine
     assert {r["backend"] for r in read.nodes.to_pylist()} == {"llamacpp"}
     assert sum(read.stale.values()) == N * 20  # the other backend's nodes: kept beside, skipped by readers
@@ -113,11 +114,11 @@ def test_a_corrupt_shard_is_reported_by_readers_and_redone_by_generate(project, 
     shards[0].write_bytes(shards[0].read_bytes()[:100])  # truncated, as in the issue
     before = sorted(x.name for x in store.folder.iterdir())
     with pytest.raises(CorruptShardError, match=shards[0].name):
-        artifacts.read_tree(p, "boolq")
+        tree_reading.read_tree(p, "boolq")
     assert sorted(x.name for x in store.folder.iterdir()) == before
     stats = run(p, "boolq")
     assert stats["corrupt_shards"] == 1 and stats["nodes_generated"] == 20  # one query lost, not the tree
-    assert artifacts.read_tree(p, "boolq").prepared.num_rows == N
+    assert tree_reading.read_tree(p, "boolq").prepared.num_rows == N
     assert list(store.folder.glob("*.corrupt"))
 
 
@@ -131,9 +132,22 @@ def test_a_failing_backend_keeps_every_finished_node(project):
 
 
 def test_generate_stats_are_json(project):
+    """The summary `generate` prints: JSON, and its numbers are the stored nodes' own (the fake backend gives
+    every call some prompt tokens and 6 completion tokens)."""
     p = params(project)
     prepare(p)
-    json.dumps(run(p, "boolq"))
+    stats = json.loads(json.dumps(run(p, "boolq")))
+    nodes = tree_reading.read_tree(p, "boolq").nodes.to_pylist()
+    prompt_tokens = sum(r["prompt_tokens"] for r in nodes)
+    assert len(nodes) == N * 20 and prompt_tokens > 0
+    assert {k: v for k, v in stats.items() if k != "seconds"} == {
+        "dataset": "boolq", "queries": N, "nodes_total": N * 20, "nodes_skipped": 0, "nodes_stale": 0,
+        "corrupt_shards": 0, "nodes_generated": N * 20, "tokens": prompt_tokens + 6 * N * 20,
+        "output_tokens": 6 * N * 20}
+    assert isinstance(stats["seconds"], float) and stats["seconds"] >= 0
+    again = json.loads(json.dumps(run(p, "boolq")))  # a rerun: every node reused, none made
+    assert (again["nodes_generated"], again["nodes_skipped"], again["tokens"], again["output_tokens"]) == \
+        (0, N * 20, 0, 0)
 
 
 def test_a_dataset_with_its_own_engine_is_made_and_read_under_that_engine(project, monkeypatch):
@@ -152,10 +166,10 @@ def test_a_dataset_with_its_own_engine_is_made_and_read_under_that_engine(projec
     prepare(p)
     stats = run_module.generate(p, ["boolq", "hotpotqa", "boolq"], progress=False)
     assert started == ["llamacpp", "llamaserver"] and [s["nodes_generated"] for s in stats] == [N * 20, N * 20, 0]
-    assert {r["backend"] for r in artifacts.read_tree(p, "hotpotqa").nodes.to_pylist()} == {"llamaserver"}
-    assert {r["backend"] for r in artifacts.read_tree(p, "boolq").nodes.to_pylist()} == {"llamacpp"}
+    assert {r["backend"] for r in tree_reading.read_tree(p, "hotpotqa").nodes.to_pylist()} == {"llamaserver"}
+    assert {r["backend"] for r in tree_reading.read_tree(p, "boolq").nodes.to_pylist()} == {"llamacpp"}
     plain = params(project)  # without the override, hotpotqa's llama-server nodes are not current
-    read = artifacts.read_tree(plain, "hotpotqa")
+    read = tree_reading.read_tree(plain, "hotpotqa")
     assert read.nodes.num_rows == 0 and sum(read.stale.values()) == N * 20
 
 

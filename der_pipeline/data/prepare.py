@@ -14,7 +14,7 @@ from pathlib import Path
 
 from der_pipeline.artifacts import prepared_path
 from der_pipeline.config import Params
-from der_pipeline.data.sources import read_custom, read_records
+from der_pipeline.data.sources import SOURCES, SourceError, read_custom, read_records
 from der_pipeline.io import write_rows
 from der_pipeline.schemas import PREPARED
 
@@ -159,8 +159,16 @@ ROWS = {"boolq": lambda rec, p, n: boolq_row(rec, p), "hotpotqa": lambda rec, p,
         "squad": lambda rec, p, n: squad_row(rec, p)}
 
 
+def number_text(value: int | float) -> str:
+    """A JSON number as a reference string: 12 -> '12', 12.0 -> '12', 1.5 -> '1.5' (the table holds strings)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value) if isinstance(value, int) else repr(value)
+
+
 def custom_row(rec: dict, p: Params, lineno: int, dataset: str, answer_type: str) -> dict:
-    ref = rec["reference"].strip()
+    ref = rec["reference"]
+    ref = (ref if isinstance(ref, str) else number_text(ref)).strip()  # a number answer's reference may be a number
     if answer_type in ("yes_no", "sentiment"):
         ref = ref.lower()
     question = _question(rec["question"]) if answer_type in ("yes_no", "span") else " ".join(rec["question"].split())
@@ -169,42 +177,86 @@ def custom_row(rec: dict, p: Params, lineno: int, dataset: str, answer_type: str
                 answer_type=answer_type, aliases=[a.strip() for a in rec.get("aliases", [])])
 
 
-def canonical_rows(dataset: str, p: Params) -> list[dict]:
+def canonical_rows(dataset: str, p: Params, test_file: bool = False) -> list[dict]:
+    """The dataset's records as prepared rows (those of its own test file if ``test_file``: their ids get a
+    ``test-`` prefix, so they never collide with the main file's)."""
+    spec = p.data.datasets[dataset]
     rows = []
     if dataset in ROWS:
-        records = ((lineno, ROWS[dataset](rec, p, lineno)) for lineno, rec in read_records(p.path("source_data"), dataset))
+        relpath = spec.test_file if test_file else None
+        records = ((lineno, ROWS[dataset](rec, p, lineno))
+                   for lineno, rec in read_records(p.path("source_data"), dataset, relpath=relpath))
     else:
-        spec = p.data.datasets[dataset]
-        path = Path(spec.source) if Path(spec.source).is_absolute() else p.root / spec.source
+        rel = spec.test_file if test_file else spec.source
+        path = Path(rel) if Path(rel).is_absolute() else p.root / rel
         records = ((lineno, custom_row(rec, p, lineno, dataset, spec.answer_type))
                    for lineno, rec in read_custom(path, spec.answer_type))
     for _, row in records:
+        if test_file:
+            row["qid"] = row["qid"].replace(f"{dataset}-", f"{dataset}-test-", 1)
         row["dataset"] = dataset
         rows.append(row)
     return rows
 
 
-def prepare_dataset(dataset: str, p: Params) -> Path:
-    rows = canonical_rows(dataset, p)
+def source_file(dataset: str, p: Params, test_file: bool = False) -> Path:
+    """The file ``canonical_rows`` reads (for messages)."""
+    spec = p.data.datasets[dataset]
+    if dataset in ROWS:
+        return p.path("source_data") / (spec.test_file if test_file else SOURCES[dataset].relpath)
+    rel = spec.test_file if test_file else spec.source
+    return Path(rel) if Path(rel).is_absolute() else p.root / rel
+
+
+def _sampled(dataset: str, p: Params, rows: list[dict], n: int, what: str, test_file: bool = False) -> list[dict]:
+    """The first ``n`` rows in the seeded sample order. An empty file, or fewer records than ``n``, is an error
+    (raised before anything is written, so the prepared table already there stays as it is)."""
+    key = f"data.datasets.{dataset}.{'test_sample' if test_file else 'sample'}"
+    if not rows:
+        raise SourceError(f"{dataset}: the {what} {source_file(dataset, p, test_file)} holds no records; nothing "
+                          f"was written (add records to it, or set {key} to 0 to leave {dataset} out)")
+    if n > len(rows):
+        raise SourceError(f"{dataset}: {key} is {n} but the {what} {source_file(dataset, p, test_file)} holds only "
+                          f"{len(rows)} records; set it to {len(rows)} or less (nothing was written)")
     seen: set[str] = set()
     for r in rows:
         if r["qid"] in seen:
-            raise ValueError(f"{dataset}: duplicate query id {r['qid']} in the raw file")
+            raise ValueError(f"{dataset}: duplicate query id {r['qid']} in the raw {what}")
         seen.add(r["qid"])
-    n = p.data.datasets[dataset].sample
     rows.sort(key=lambda r: unit_hash("sample", p.data.seed, r["qid"]))
-    rows = rows[:n]
-    for r in rows:
-        r["split"] = split_of(r["qid"], p.data.seed, p.data.test_fraction)
-    return write_rows(rows, prepared_path(p, dataset), PREPARED)
+    return rows[:n]
+
+
+def prepared_rows(dataset: str, p: Params) -> list[dict]:
+    """The dataset's prepared rows (sampled, split), read and checked; nothing is written."""
+    spec = p.data.datasets[dataset]
+    rows = _sampled(dataset, p, canonical_rows(dataset, p), spec.sample, "file")
+    if spec.test_file is None:
+        for r in rows:
+            r["split"] = split_of(r["qid"], p.data.seed, p.data.test_fraction)
+    else:  # a test file of its own: the main file is all train
+        for r in rows:
+            r["split"] = "train"
+        test = _sampled(dataset, p, canonical_rows(dataset, p, test_file=True), spec.test_sample, "test file",
+                        test_file=True)
+        for r in test:
+            r["split"] = "test"
+        rows += test
+    return rows
+
+
+def prepare_dataset(dataset: str, p: Params) -> Path:
+    return write_rows(prepared_rows(dataset, p), prepared_path(p, dataset), PREPARED)
 
 
 def prepare(p: Params, datasets: list[str] | None = None) -> dict[str, Path]:
     """Every active dataset (or only ``datasets``); a full run also removes the tables of datasets switched off."""
     out = {}
     folder = p.path("data") / "prepared"
-    for name in datasets or p.data.active():
-        out[name] = prepare_dataset(name, p)
+    # every dataset is read and checked before any table is written: a bad one leaves all tables as they were
+    tables = {name: prepared_rows(name, p) for name in datasets or p.data.active()}
+    for name, rows in tables.items():
+        out[name] = write_rows(rows, prepared_path(p, name), PREPARED)
     # a dataset switched off leaves no stale table behind
     if datasets is None and folder.exists():
         for stale in folder.glob("*.parquet"):

@@ -6,8 +6,10 @@ the line and the field of the first malformed one.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,16 @@ ANSWER_TYPE = {"boolq": "yes_no", "hotpotqa": "span", "gsm8k": "number", "xsum":
 
 def json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line of a JSON-lines file; a line that is not a JSON object
-    raises SourceError naming the file and the line."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    (or not UTF-8 text: a binary file) raises SourceError naming the file and the line."""
+    if path.is_dir():
+        raise SourceError(f"{path}: is a folder, not a JSON-lines file")
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SourceError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line); "
+                                  f"is it a binary file? A dataset is a JSON-lines text file") from None
             if not line.strip():
                 continue
             try:
@@ -81,33 +90,45 @@ CUSTOM_REFERENCE = {"yes_no": ("yes", "no"), "sentiment": ("positive", "negative
 def read_custom(path: Path, answer_type: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, record) of a custom JSON-lines dataset: ``question`` and ``reference`` (non-empty
     strings), optional ``context`` (string), ``aliases`` (list of strings) and ``id`` (string or integer, unique;
-    the line number otherwise). A yes/no or sentiment reference must be one of its labels, a number a number."""
+    the line number otherwise). A yes/no or sentiment reference must be one of its labels; a number reference is a
+    JSON number (12, 1.5) or a string of one ("1,234"), finite (not nan or inf)."""
     if not path.exists():
         raise SourceError(f"custom dataset file not found: {path.resolve()} (data.datasets.<name>.source, "
                           f"relative to params.yaml)")
+    if not path.is_file():
+        raise SourceError(f"custom dataset source {path.resolve()} is not a file (a folder?); "
+                          f"data.datasets.<name>.source names a JSON-lines file, relative to params.yaml")
     allowed = {"id", "question", "context", "reference", "aliases"}
     ids: dict[str, int] = {}
     for lineno, rec in json_objects(path):
         extra = sorted(set(rec) - allowed)
         if extra:
             raise SourceError(f"{path}:{lineno}: unknown field '{extra[0]}'; allowed: {sorted(allowed)}")
+        if answer_type == "number" and _is_json_number(rec.get("reference")):
+            if not math.isfinite(rec["reference"]):
+                raise SourceError(f"{path}:{lineno}: field 'reference' is {rec['reference']!r}, not a finite number")
         for name in ("question", "reference"):
+            if name == "reference" and answer_type == "number" and _is_json_number(rec.get(name)):
+                continue
             if not isinstance(rec.get(name), str) or not rec[name].strip():
-                raise SourceError(f"{path}:{lineno}: field '{name}' must be a non-empty string")
+                raise SourceError(f"{path}:{lineno}: field '{name}' must be a non-empty string"
+                                  + (" or a number" if name == "reference" and answer_type == "number" else ""))
         if not isinstance(rec.get("context", ""), str):
             raise SourceError(f"{path}:{lineno}: field 'context' must be a string")
         aliases = rec.get("aliases", [])
         if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
             raise SourceError(f"{path}:{lineno}: field 'aliases' must be a list of non-empty strings")
-        ref = rec["reference"].strip().lower()
+        ref = str(rec["reference"]).strip().lower()
         if answer_type in CUSTOM_REFERENCE and ref not in CUSTOM_REFERENCE[answer_type]:
             raise SourceError(f"{path}:{lineno}: field 'reference' is {rec['reference']!r}; a {answer_type} "
                               f"answer is one of {list(CUSTOM_REFERENCE[answer_type])}")
-        if answer_type == "number":
+        if answer_type == "number" and isinstance(rec["reference"], str):
             try:
-                float(rec["reference"].replace(",", ""))
-            except ValueError:
+                value = Decimal(rec["reference"].replace(",", "").strip())
+            except InvalidOperation:
                 raise SourceError(f"{path}:{lineno}: field 'reference' is {rec['reference']!r}, not a number") from None
+            if not value.is_finite():
+                raise SourceError(f"{path}:{lineno}: field 'reference' is {rec['reference']!r}, not a finite number")
         rid = rec.get("id", lineno)
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
             raise SourceError(f"{path}:{lineno}: field 'id' must be a non-empty string or an integer")
@@ -115,6 +136,10 @@ def read_custom(path: Path, answer_type: str) -> Iterator[tuple[int, dict[str, A
             raise SourceError(f"{path}:{lineno}: id {rid!r} already used on line {ids[str(rid)]}")
         ids[str(rid)] = lineno
         yield lineno, rec
+
+
+def _is_json_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def source_path(source_dir: Path, dataset: str, train: bool = False) -> Path:
@@ -132,10 +157,18 @@ def source_path(source_dir: Path, dataset: str, train: bool = False) -> Path:
     return path
 
 
-def read_records(source_dir: Path, dataset: str, train: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) for every validated record of ``dataset`` (its training file if ``train``)."""
+def read_records(source_dir: Path, dataset: str, train: bool = False,
+                 relpath: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for every validated record of ``dataset`` (its training file if ``train``;
+    ``relpath``: another file of the same fields under ``source_dir``, such as the dataset's own test file)."""
     spec = (TRAIN_SOURCES if train else SOURCES)[dataset]
-    path = source_path(source_dir, dataset, train)
+    if relpath is None:
+        path = source_path(source_dir, dataset, train)
+    else:
+        path = Path(source_dir) / relpath
+        if not path.is_file():
+            raise SourceError(f"{dataset}: test file not found at {path.resolve()} (data.datasets.{dataset}.test_file, "
+                              f"relative to paths.source_data)")
     for lineno, rec in json_objects(path):
         for name, tp in spec.required.items():
             if name not in rec:

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from der_pipeline.artifacts import dataset_params, load_policy, policy_path
+from der_pipeline.artifacts import dataset_params, policy_path
+from der_pipeline.router.checkpoint import load_policy
 from der_pipeline.config import Params
 from der_pipeline.evaluate.stats import bootstrap_ci, mean_std
-from der_pipeline.router.arrays import TreeArrays, build_arrays, cost_scale, split_arrays
+from der_pipeline.router.arrays import TreeArrays, cost_scale, split_arrays
+from der_pipeline.router.dataset import build_arrays
 from der_pipeline.router.methods import PolicyRouter
-from der_pipeline.router.ppo import train_ppo
+from der_pipeline.router.selection import train_ppo
 from der_pipeline.schemas import SECONDARY_METRICS
 
 log = logging.getLogger(__name__)

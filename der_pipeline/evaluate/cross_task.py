@@ -23,8 +23,9 @@ from der_pipeline.evaluate.common import load_split, public, saved_policies, sum
 from der_pipeline.evaluate.names import method_label, single_id
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.arrays import concat_arrays, cost_scale
-from der_pipeline.router.methods import BestFixedPath, ConfidenceCascade, FixedPath, KNNRouter, MLPRouter, PolicyRouter
-from der_pipeline.router.ppo import train_ppo
+from der_pipeline.router.methods import BestFixedPath, FixedPath, PolicyRouter
+from der_pipeline.router.registry import make_router
+from der_pipeline.router.selection import train_ppo
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ def cross_task(p: Params) -> str:
     methods = {"der_cross_task": lambda split: [PolicyRouter(a, scale, p.reward, "der_cross_task", state=p.ppo.state) for a in mixed],
                "der_per_task": lambda split: saved_policies(p, split)}
     methods.update({single_id(e): (lambda split, e=e: [FixedPath(single_id(e), names, [e])]) for e in names})
-    pooled_cascade = ConfidenceCascade().fit(mixed_train, p)
-    pooled_knn = KNNRouter().fit(mixed_train, p)
-    pooled_mlp = [MLPRouter(seed=s).fit(mixed_train, p) for s in p.seeds]
+    pooled_cascade = make_router("cascade", p).fit(mixed_train, p)
+    pooled_knn = make_router("knn", p).fit(mixed_train, p)
+    pooled_mlp = [make_router("mlp", p, seed=s).fit(mixed_train, p) for s in p.seeds]
     methods.update({
         "task_aware": lambda split: [BestFixedPath(singles_only=True).fit(split.train, p)],
         "cascade": lambda split: [pooled_cascade], "knn": lambda split: [pooled_knn], "mlp": lambda split: pooled_mlp})
@@ -62,13 +63,7 @@ def cross_task(p: Params) -> str:
             pooled.append(m["_per_query"])
             rows[method][d] = public(m)
         per_query[method] = pooled
-        allq = np.concatenate(pooled)
-        n = sum(len(x) for x in pooled)
-        rows[method]["all"] = {
-            "accuracy": round(float(allq.mean()), 4),
-            "calls": round(sum(rows[method][d]["calls"] * len(x) for d, x in zip(splits, pooled)) / n, 3),
-            "cost_gflops": round(sum(rows[method][d]["cost_gflops"] * len(x) for d, x in zip(splits, pooled)) / n, 2),
-        }
+        rows[method]["all"] = pooled_over_tasks(rows[method], dict(zip(splits, pooled)))
     out = {"datasets": chosen, "seeds": p.seeds, "experts": names,
            "train_queries": {d: s.train.n_queries for d, s in splits.items()},
            "test_queries": {d: s.test.n_queries for d, s in splits.items()}, "methods": rows}
@@ -76,6 +71,19 @@ def cross_task(p: Params) -> str:
     write_json(out, folder / "metrics.json")
     atomic_write_bytes(folder / "table.md", (md + "\n").encode())
     return md
+
+
+def pooled_over_tasks(by_dataset: dict[str, dict], per_query: dict[str, np.ndarray]) -> dict:
+    """A method's "all" column: every test query of every dataset counts once, whatever its dataset's size. The
+    score is the mean of the pooled per-query scores; calls and cost are the datasets' means weighted by their
+    numbers of test queries (``by_dataset``: each dataset's summary; ``per_query``: its per-query scores)."""
+    sizes = {d: len(per_query[d]) for d in per_query}
+    n = sum(sizes.values())
+    return {
+        "accuracy": round(float(np.concatenate(list(per_query.values())).mean()), 4),
+        "calls": round(sum(by_dataset[d]["calls"] * k for d, k in sizes.items()) / n, 3),
+        "cost_gflops": round(sum(by_dataset[d]["cost_gflops"] * k for d, k in sizes.items()) / n, 2),
+    }
 
 
 def render(out: dict) -> str:

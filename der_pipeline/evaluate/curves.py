@@ -29,9 +29,10 @@ from der_pipeline.evaluate.frontier import aiq, apgr, cpt
 from der_pipeline.evaluate.names import expert_of, method_label
 from der_pipeline.evaluate.run import METRIC_LABEL
 from der_pipeline.evaluate.stats import mean_std, paired_bootstrap
+from der_pipeline.evaluate.aggregate import merge_aggregate_csv
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.arrays import TreeArrays
-from der_pipeline.router.methods import BestFixedPath, ConfidenceCascade, KNNRouter, MLPRouter, baseline_routers
+from der_pipeline.router.registry import PRICED, baseline_routers, make_router
 from der_pipeline.signals.metrics import TASK_METRIC
 
 SWEPT = ("der", "cascade", "best_fixed", "mlp", "knn")
@@ -47,8 +48,8 @@ def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
     split = load_split(p, dataset)
     train, test, scale = split.train, split.test, split.scale
     rows: list[dict] = []  # one per (method, alpha, seed)
-    knn = KNNRouter().fit(train, p)
-    mlps = [MLPRouter(seed=s).fit(train, p) for s in p.seeds]
+    knn = make_router("knn", p).fit(train, p)
+    mlps = [make_router("mlp", p, seed=s).fit(train, p) for s in p.seeds]
     der_at: dict[float, list] = {}  # alpha -> DER's policies, one per seed
     for alpha in p.evaluate.alpha_sweep:
         ders = der_at[alpha] = der_policies(with_reward(p, alpha=alpha), split)
@@ -57,7 +58,8 @@ def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
                 c, q = _point(w, test, scale)
                 rows.append({"dataset": dataset, "method": method, "alpha": alpha, "seed": seed,
                              "cost_norm": round(c, 4), "accuracy": round(q, 4)})
-        for method, router in (("knn", None), ("cascade", ConfidenceCascade(alpha)), ("best_fixed", BestFixedPath(alpha))):
+        for method, router in (("knn", None), ("cascade", make_router("cascade", p, alpha)),
+                               ("best_fixed", make_router("best_fixed", p, alpha))):
             w = knn.route(test, alpha) if router is None else router.fit(train, p).route(test)
             c, q = _point(w, test, scale)
             rows.append({"dataset": dataset, "method": method, "alpha": alpha, "seed": None,
@@ -65,13 +67,12 @@ def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
 
     fixed = {}
     for r in baseline_routers(p):
-        if isinstance(r, (KNNRouter, ConfidenceCascade, BestFixedPath)):  # swept over alpha above
+        if r.id in PRICED:  # swept over alpha above
             continue
         r.fit(train, p)
         fixed[r.id] = {"point": _point(r.route(test), test, scale), "bound": r.bound}
     singles = {k: v["point"] for k, v in fixed.items() if expert_of(k)}
-    weak_name = min(singles, key=lambda k: singles[k][0])
-    strong_name = max(singles, key=lambda k: singles[k][1])
+    weak_name, strong_name = weak_and_strong(singles)
     weak, strong = singles[weak_name], singles[strong_name]
     c_max = max([r["cost_norm"] for r in rows] + [v["point"][0] for v in fixed.values()])
 
@@ -81,18 +82,7 @@ def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
 
     methods: dict[str, dict] = {}
     for method in SWEPT:
-        mine = [r for r in rows if r["method"] == method]
-        mean_pts = []
-        for alpha in p.evaluate.alpha_sweep:
-            at = [r for r in mine if r["alpha"] == alpha]
-            mean_pts.append((float(np.mean([r["cost_norm"] for r in at])), float(np.mean([r["accuracy"] for r in at]))))
-        m = metrics_of(mean_pts)
-        seeds = sorted({r["seed"] for r in mine if r["seed"] is not None})
-        if seeds:
-            per_seed = [metrics_of([(r["cost_norm"], r["accuracy"]) for r in mine if r["seed"] == s]) for s in seeds]
-            for key in ("aiq", "apgr"):
-                m[f"{key}_std"] = mean_std([x[key] for x in per_seed])[1]
-        methods[method] = {**_rounded(m), "points": [[round(c, 4), round(q, 4)] for c, q in mean_pts]}
+        methods[method] = swept_summary([r for r in rows if r["method"] == method], p.evaluate.alpha_sweep, metrics_of)
     for name, v in fixed.items():
         methods[name] = {**_rounded(metrics_of([v["point"]])), "points": [[round(x, 4) for x in v["point"]]],
                          "bound": v["bound"]}
@@ -102,6 +92,35 @@ def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
            "round_robin_order": p.evaluate.round_robin_order, "methods": methods,
            "goal": goal_operating_point(p, split, der_at)}
     return out, rows
+
+
+def weak_and_strong(singles: dict[str, tuple[float, float]]) -> tuple[str, str]:
+    """APGR's and CPT's ends among the single experts' (cost, score) points: the cheapest and the best-scoring
+    (a tie goes to the first in the pool's order)."""
+    return min(singles, key=lambda k: singles[k][0]), max(singles, key=lambda k: singles[k][1])
+
+
+def seed_mean_points(rows: list[dict], alphas: list[float]) -> list[tuple[float, float]]:
+    """One swept method's curve: at each alpha, the mean over its rows (one per seed) of cost and score."""
+    points = []
+    for alpha in alphas:
+        at = [r for r in rows if r["alpha"] == alpha]
+        points.append((float(np.mean([r["cost_norm"] for r in at])), float(np.mean([r["accuracy"] for r in at]))))
+    return points
+
+
+def swept_summary(rows: list[dict], alphas: list[float], metrics_of) -> dict:
+    """A swept method's frontier metrics (``metrics_of`` of its seed-mean curve) and, where it has seeds, the std
+    across seeds of AIQ and APGR, each seed's own curve scored alone; with the curve's points."""
+    mean_pts = seed_mean_points(rows, alphas)
+    m = metrics_of(mean_pts)
+    seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})
+    if seeds:
+        per_seed = [metrics_of([(r["cost_norm"], r["accuracy"]) for r in rows if r["seed"] == s]) for s in seeds]
+        for key in ("aiq", "apgr"):
+            if key in m:
+                m[f"{key}_std"] = mean_std([x[key] for x in per_seed])[1]
+    return {**_rounded(m), "points": [[round(c, 4), round(q, 4)] for c, q in mean_pts]}
 
 
 OUT_OF_FOLD_KEYS = ("score", "cost_gflops", "two_calls", "constant_folds")  # CrossValidation.out_of_fold
@@ -249,5 +268,5 @@ def curves(p: Params, datasets: list[str]) -> dict[str, str]:
         for method in SWEPT:
             for (c, q), alpha in zip(out["methods"][method]["points"], p.evaluate.alpha_sweep):
                 all_rows.append({"dataset": ds, "method": method, "alpha": alpha, "cost_norm": c, "accuracy": q})
-    atomic_write_bytes(p.path("metrics") / "curves.csv", csv_bytes(all_rows))
+    merge_aggregate_csv(p, p.path("metrics") / "curves.csv", all_rows)
     return tables

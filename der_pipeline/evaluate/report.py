@@ -212,12 +212,31 @@ def results_section(p: Params, readme_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def results_markers_problem(text: str) -> str | None:
+    """What is wrong with the results markers of a README's ``text`` (None: one start marker, then one end)."""
+    missing = [f"the {name} marker {marker!r}" for name, marker in (("start", START), ("end", END)) if marker not in text]
+    if missing:
+        return " and ".join(missing) + (" is" if len(missing) == 1 else " are") + " missing"
+    if text.count(START) > 1 or text.count(END) > 1:
+        return f"the markers appear more than once ({text.count(START)} start, {text.count(END)} end); keep one pair"
+    if text.index(END) < text.index(START):
+        return "the end marker comes before the start marker"
+    return None
+
+
 def update_readme(p: Params, readme: Path, write: bool = True) -> bool:
-    """Replace the text between the markers; returns whether it changed."""
+    """Replace the text between the markers; returns whether it changed. A README without its two markers (or
+    with them out of order) is a ValueError naming the file and the marker, before anything is computed."""
     readme = Path(readme)
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme}: no results markers; add the two lines\n{START}\n{END}")
+    try:
+        text = readme.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{readme}: no such file (the README whose results section `report` writes; "
+                                f"pick it with --readme)") from None
+    problem = results_markers_problem(text)
+    if problem:
+        raise ValueError(f"{readme}: cannot place the results section: {problem}. It goes between these two lines, "
+                         f"each on its own: {START} and {END}")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     new = head + results_section(p, readme.parent) + tail

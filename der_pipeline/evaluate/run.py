@@ -13,9 +13,11 @@ from der_pipeline.data.sources import answer_type_of
 from der_pipeline.evaluate.common import load_split, public, saved_policies, summarize
 from der_pipeline.evaluate.names import expert_of, method_label
 from der_pipeline.evaluate.stats import auroc, paired_bootstrap
+from der_pipeline.evaluate.aggregate import merge_aggregate_json
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.evaluate.findings import GOAL_COST_SHARE
-from der_pipeline.router.methods import CASCADE_SIGNALS, MLPRouter, Router, baseline_routers, cascade_bound
+from der_pipeline.router.methods import CASCADE_SIGNALS, Router, cascade_bound
+from der_pipeline.router.registry import baseline_routers, make_router
 from der_pipeline.signals.metrics import TASK_METRIC
 
 METRIC_LABEL = {"accuracy": "Accuracy", "f1": "F1", "numeric_match": "Accuracy", "rougeL": "ROUGE-L"}
@@ -37,7 +39,7 @@ def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
     for r in baselines:
         if not r.bound:
             add(r.id, [r], "baseline")
-    add("mlp", [MLPRouter(seed=s).fit(train, p) for s in p.seeds], "baseline")
+    add("mlp", [make_router("mlp", p, seed=s).fit(train, p) for s in p.seeds], "baseline")
     add("der", saved_policies(p, split), "der")
     oracle = next(r for r in baselines if r.bound)
     add(oracle.id, [oracle], "bound")
@@ -45,8 +47,7 @@ def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
         if hasattr(r, "chosen"):  # what a fitted baseline settled on (an expert, a path, a cascade)
             methods[r.id]["chosen"] = r.chosen
 
-    singles = {k: v for k, v in methods.items() if expert_of(k)}
-    best_single = max(singles, key=lambda k: singles[k]["accuracy"])
+    best_single = best_single_expert(methods)
     comparisons = []
     for other, why in (("round_robin", ""), (best_single, "the best single expert on the test split"),
                        ("best_fixed", "the best constant path on the train split"),
@@ -66,6 +67,15 @@ def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
            "signal_auroc": signal_auroc(train), "goal_bound": cascade_bound(train, GOAL_COST_SHARE),
            "training": training_summary(p, dataset)}
     return out, render_table(out) + "\n\n" + render_comparisons(out)
+
+
+def best_single_expert(methods: dict[str, dict]) -> str:
+    """The id of the single expert (``single:<expert>``) with the best test accuracy; a tie goes to the one that
+    comes first (the pool's order). Other methods, self-correction included, are not candidates."""
+    singles = {k: v for k, v in methods.items() if expert_of(k)}
+    if not singles:
+        raise ValueError(f"no single-expert method among {sorted(methods)}")
+    return max(singles, key=lambda k: singles[k]["accuracy"])
 
 
 def signal_auroc(train) -> dict:
@@ -144,5 +154,5 @@ def evaluate(p: Params, datasets: list[str]) -> dict[str, str]:
                        "round_robin_cost_norm": rr["cost_norm"], "best_single_accuracy": m[out["best_single"]]["accuracy"],
                        "mlp_accuracy": m["mlp"]["accuracy"], "knn_accuracy": m["knn"]["accuracy"],
                        "oracle_accuracy": m["oracle"]["accuracy"]}
-    write_json(summary, p.path("metrics") / "metrics.json")
+    merge_aggregate_json(p, p.path("metrics") / "metrics.json", summary)
     return tables

@@ -25,9 +25,10 @@ from der_pipeline.config import Params
 from der_pipeline.evaluate.common import load_split
 from der_pipeline.evaluate.stats import mean_std
 from der_pipeline.io import atomic_write_bytes, write_json
-from der_pipeline.router.methods import BestFixedPath, PolicyRouter
+from der_pipeline.router.methods import PolicyRouter
+from der_pipeline.router.registry import make_router
 from der_pipeline.router.arrays import TreeArrays, concat_arrays
-from der_pipeline.router.ppo import cross_validate, selection_folds
+from der_pipeline.router.selection import cross_validate, selection_folds
 
 
 SETTINGS = ("state", "form", "actions", "learning_rate", "gamma")
@@ -75,7 +76,7 @@ def tune_dataset(p: Params, dataset: str) -> dict:
                      "val_utility": round(util[0], 4), "val_utility_std": round(util[1], 4)})
     widest = "ktp_and_fresh" if "ktp_and_fresh" in p.evaluate.tune.actions else "ktp_only"
     q = p.override("reward", actions=widest)
-    fixed_w, held = _out_of_fold(folds, lambda i, fit, val: BestFixedPath(alpha).fit(fit, q).route(val))
+    fixed_w, held = _out_of_fold(folds, lambda i, fit, val: make_router("best_fixed", q, alpha).fit(fit, q).route(val))
     fixed = _utility(fixed_w, held, split.scale, alpha)  # a constant policy per fold, for reference
     best = max(rows, key=lambda r: r["val_utility"])
     return {"dataset": dataset, "alpha": alpha, "seeds": p.seeds, "folds": len(folds),

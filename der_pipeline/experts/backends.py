@@ -293,33 +293,44 @@ class LlamaServerBackend(OpenAIBackend):
         return self._servers[expert.name][1]
 
     def _start(self, expert: ExpertSpec):
+        """llama-server for ``expert`` on a free port. The binary must be told its port, so one is probed; another
+        process may take it before the server binds it, and then the server is started again on a fresh port (at
+        most PORT_ATTEMPTS times). Not ready within ``start_timeout_s``: a BackendError naming that deadline."""
         ls, g = self.cfg.llamaserver, self.cfg
-        port = free_port()
-        log_path = Path(tempfile.gettempdir()) / f"der-llama-server-{expert.name}-{port}.log"
-        cmd = [str(self.binary), "-m", str(expert_model_path(expert)), "--host", "127.0.0.1", "--port", str(port),
-               "-np", str(ls.slots), "-c", str(g.n_ctx * ls.slots), "-t", str(g.n_threads), "-tb", str(g.n_threads),
-               "--seed", str(g.seed), "--no-webui", "-a", expert.name]
-        if expert.adapter:
-            cmd += ["--lora", adapter_file(expert)]
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    preexec_fn=_die_with_parent)
-        client = self._client(f"http://127.0.0.1:{port}/v1")
-        deadline = time.monotonic() + ls.start_timeout_s
-        probe = client.with_options(max_retries=0, timeout=5)
-        while True:
-            if proc.poll() is not None:
-                raise BackendError(f"{expert.name}: llama-server exited with code {proc.returncode} while loading; "
-                                   f"its log: {log_path}\n{_tail(log_path)}")
-            try:
-                probe.models.list()
-                return proc, client, log_path
-            except (self._openai.APIConnectionError, self._openai.APIStatusError):  # not listening / loading (503)
+        model = str(expert_model_path(expert))
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            port = free_port()
+            log_path = Path(tempfile.gettempdir()) / f"der-llama-server-{expert.name}-{port}.log"
+            cmd = [str(self.binary), "-m", model, "--host", "127.0.0.1", "--port", str(port),
+                   "-np", str(ls.slots), "-c", str(g.n_ctx * ls.slots), "-t", str(g.n_threads), "-tb",
+                   str(g.n_threads), "--seed", str(g.seed), "--no-webui", "-a", expert.name]
+            if expert.adapter:
+                cmd += ["--lora", adapter_file(expert)]
+            with log_path.open("wb") as log_file:
+                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
+            client = self._client(f"http://127.0.0.1:{port}/v1")
+            deadline = time.monotonic() + ls.start_timeout_s
+            probe = client.with_options(max_retries=0, timeout=5)
+            while True:
+                if proc.poll() is not None:
+                    if _port_taken(log_path) and attempt < PORT_ATTEMPTS:
+                        break  # the probed port was taken before the server bound it: again, on another
+                    raise BackendError(f"{expert.name}: llama-server exited with code {proc.returncode} while "
+                                       f"loading; its log: {log_path}\n{_tail(log_path)}")
+                try:  # ready, and ours (it serves the alias given): not whatever took the port after the probe
+                    if expert.name in {m.id for m in probe.models.list().data}:
+                        return proc, client, log_path
+                except (self._openai.APIConnectionError, self._openai.APIStatusError):  # not listening / loading
+                    pass
                 if time.monotonic() > deadline:
                     proc.kill()
+                    proc.wait()
                     raise BackendError(f"{expert.name}: llama-server not ready after {ls.start_timeout_s} s "
-                                       f"(generation.llamaserver.start_timeout_s); its log: {log_path}") from None
+                                       f"(generation.llamaserver.start_timeout_s); its log: {log_path}")
                 time.sleep(0.25)
+            client.close()
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     def close(self) -> None:
         for proc, client, _ in self._servers.values():
@@ -337,6 +348,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PORT_ATTEMPTS = 3  # llama-server starts on a probed port; a port taken before it binds it costs one more start
+_BIND_FAILURES = ("couldn't bind", "address already in use")  # llama-server's message; the OS error's text
+
+
+def _port_taken(log_path: Path) -> bool:
+    """Whether a server that exited says, in its log, that it could not bind its port."""
+    return any(s in _tail(log_path, 40).lower() for s in _BIND_FAILURES)
 
 
 def _die_with_parent() -> None:

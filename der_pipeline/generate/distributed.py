@@ -28,8 +28,10 @@ import time
 
 from tqdm import tqdm
 
+from der_pipeline.artifacts import dataset_params, tree_dir
 from der_pipeline.config import Params
 from der_pipeline.experts.backends import BackendError
+from der_pipeline.writer_lock import exclusive_writer
 
 log = logging.getLogger(__name__)
 
@@ -83,31 +85,36 @@ def start_workers(p: Params):
 def generate_on_ray(p: Params, datasets: list[str], limit: int | None = None, progress: bool = True,
                     actors: list | None = None) -> list[dict]:
     """Generate every dataset's missing nodes on Ray actors (started here unless ``actors`` are given)."""
-    from der_pipeline.generate.run import dataset_queries, prepare_store
-
     ray, ActorPool = _ray()
     if actors is None:
         ray, actors = start_workers(p)
     pool = ActorPool(actors)
     results = []
     for ds in datasets:
-        store, corrupt = prepare_store(p, ds)
-        qids = [q["qid"] for q in dataset_queries(p, ds, limit)]
-        size = p.generation.chunk_queries
-        chunks = [qids[i:i + size] for i in range(0, len(qids), size)]
-        t0 = time.perf_counter()
-        total = {"dataset": ds, "queries": len(qids), "nodes_total": 0, "nodes_skipped": 0, "nodes_stale": 0,
-                 "corrupt_shards": corrupt, "nodes_generated": 0, "tokens": 0, "output_tokens": 0,
-                 "workers": len(actors), "chunks": len(chunks)}
-        bar = tqdm(total=len(chunks), desc=f"generate {ds} on {len(actors)} Ray workers", unit="chunk",
-                   disable=not progress, dynamic_ncols=True)
-        for stats in pool.map_unordered(lambda a, chunk: a.run.remote(ds, chunk), chunks):
-            for k in ("nodes_total", "nodes_skipped", "nodes_stale", "nodes_generated", "tokens", "output_tokens"):
-                total[k] += stats[k]
-            bar.update(1)
-        bar.close()
-        store.discard_partial()  # a killed worker's half-written shard (its nodes were made again)
-        store.compact()
-        total["seconds"] = round(time.perf_counter() - t0, 2)
-        results.append(total)
+        with exclusive_writer(tree_dir(dataset_params(p, ds), ds), f"the {ds} tree"):  # the workers write under it
+            results.append(_generate_on_pool(p, ds, pool, len(actors), limit, progress))
     return results
+
+
+def _generate_on_pool(p: Params, ds: str, pool, n_actors: int, limit: int | None, progress: bool) -> dict:
+    from der_pipeline.generate.run import dataset_queries, prepare_store
+
+    store, corrupt = prepare_store(p, ds)
+    qids = [q["qid"] for q in dataset_queries(p, ds, limit)]
+    size = p.generation.chunk_queries
+    chunks = [qids[i:i + size] for i in range(0, len(qids), size)]
+    t0 = time.perf_counter()
+    total = {"dataset": ds, "queries": len(qids), "nodes_total": 0, "nodes_skipped": 0, "nodes_stale": 0,
+             "corrupt_shards": corrupt, "nodes_generated": 0, "tokens": 0, "output_tokens": 0,
+             "workers": n_actors, "chunks": len(chunks)}
+    bar = tqdm(total=len(chunks), desc=f"generate {ds} on {n_actors} Ray workers", unit="chunk",
+               disable=not progress, dynamic_ncols=True)
+    for stats in pool.map_unordered(lambda a, chunk: a.run.remote(ds, chunk), chunks):
+        for k in ("nodes_total", "nodes_skipped", "nodes_stale", "nodes_generated", "tokens", "output_tokens"):
+            total[k] += stats[k]
+        bar.update(1)
+    bar.close()
+    store.discard_partial()  # a killed worker's half-written shard (its nodes were made again)
+    store.compact()
+    total["seconds"] = round(time.perf_counter() - t0, 2)
+    return total

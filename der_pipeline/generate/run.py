@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from der_pipeline.artifacts import current_nodes, expected_paths, load_prepared, tree_dir, dataset_params
+from der_pipeline.artifacts import expected_paths, load_prepared, tree_dir, dataset_params
+from der_pipeline.generate.tree import current_nodes
 from der_pipeline.config import ExpertSpec, Params
 from der_pipeline.experts.backends import Backend, EngineOnFirstUse, make_backend
 from der_pipeline.experts.confidence import AnswerConfidence
@@ -27,6 +28,7 @@ from der_pipeline.experts.keys import NodeKeys
 from der_pipeline.resumable import BufferedWriter
 from der_pipeline.schemas import join_path
 from der_pipeline.tree_store import TreeStore
+from der_pipeline.writer_lock import exclusive_writer
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,17 @@ def generate_dataset(p: Params, dataset: str, backend: Backend, limit: int | Non
                      progress: bool = True, qids: list[str] | None = None, owner: bool = True) -> dict:
     """Generate the missing nodes of a dataset's queries (or of ``qids`` only).
 
-    ``owner``: this process is the store's only writer, so it cleans up first and compacts the shards
-    at the end; a Ray worker (generate/distributed.py) is not: it only appends shards of its own."""
+    ``owner``: this process is the store's only writer (it holds the tree's writer lock, so a second
+    `generate` of the same dataset stops at once), so it cleans up first and compacts the shards at the end;
+    a Ray worker (generate/distributed.py) is not: it only appends shards of its own under its driver's lock."""
+    if not owner:
+        return _generate_dataset(p, dataset, backend, limit, progress, qids, owner)
+    with exclusive_writer(tree_dir(dataset_params(p, dataset), dataset), f"the {dataset} tree"):
+        return _generate_dataset(p, dataset, backend, limit, progress, qids, owner)
+
+
+def _generate_dataset(p: Params, dataset: str, backend: Backend, limit: int | None, progress: bool,
+                      qids: list[str] | None, owner: bool) -> dict:
     p = dataset_params(p, dataset)
     queries = dataset_queries(p, dataset, limit)
     if qids is not None:

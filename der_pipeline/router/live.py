@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from der_pipeline.artifacts import load_policy
+from der_pipeline.router.checkpoint import load_policy
 from der_pipeline.config import ExpertSpec, Params
 from der_pipeline.data.prepare import trim_sentences
 from der_pipeline.experts.backends import Backend, BackendError, make_backend
@@ -28,6 +28,7 @@ from der_pipeline.experts.models import ModelNotFoundError, resolve_model_path
 from der_pipeline.experts.prompts import Prompt, build_prompt
 from der_pipeline.router.arrays import CONF_FEATURES, conf_features
 from der_pipeline.router.env import T_MAX, allowed_actions, build_obs
+from der_pipeline.router.methods import LiveState, Router
 from der_pipeline.schemas import join_path
 from der_pipeline.signals.embed import encode, query_text
 from der_pipeline.signals.metrics import parse_answer
@@ -115,6 +116,14 @@ class Policy:
         fixed = ckpt.get("fixed_path_check") if ckpt.get("fixed_path") is not None else None
         return cls(Path(path), agent, ckpt["ppo"]["state"], ckpt["reward"]["actions"] == "ktp_only",
                    float(ckpt["reward"]["alpha"]), ckpt.get("seed"), fixed)
+
+    @property
+    def reads_query(self) -> bool:
+        return "query" in self.state
+
+    @property
+    def reads_answer(self) -> bool:
+        return "answer" in self.state
 
     def describe(self) -> str:
         """One line on what routes: the learned policy, or the fixed path kept in its place and why."""
@@ -239,24 +248,38 @@ class LiveRouter:
     def action_labels(self) -> list[str]:
         return [f"answer:{e}" for e in self.names] + [f"refine:{e}" for e in self.names] + ["STOP"]
 
-    def route(self, policy: Policy, question: str, context: str, on_step=None) -> Routed:
-        """Run ``policy`` greedily for one question; ``on_step(t, probabilities, step_or_None)`` after each decision."""
+    def route(self, policy: "Policy | Router", question: str, context: str, on_step=None) -> Routed:
+        """Run ``policy`` (a trained DER policy, greedy, or any live router of the registry) for one question;
+        ``on_step(t, probabilities, step_or_None)`` after each decision. The query and the answers are embedded
+        only where the policy reads them."""
         question, context, trimmed_from = clean_input(self.p, question, context)
         self.check_fits(question, context, self.names)
         n, labels = len(self.names), self.action_labels()
         routed = Routed(question, context, trimmed_from)
-        q_emb = torch.as_tensor(self.embed([query_text(question, context)])[0])
-        last_emb = torch.zeros_like(q_emb)
+        der = isinstance(policy, Policy)
+        reads_query = policy.reads_query if der else policy.needs_query_embedding
+        reads_answer = der and policy.reads_answer
+        q_emb = torch.as_tensor(self.embed([query_text(question, context)])[0]) if reads_query or reads_answer else None
+        last_emb = torch.zeros_like(q_emb) if q_emb is not None else None
         conf = torch.zeros(len(CONF_FEATURES))
         last, answer = -1, ""
         for t in range(T_MAX):
             tt, ll = torch.tensor([t]), torch.tensor([last])
-            obs = build_obs(policy.state, q_emb[None], last_emb[None], conf[None], tt, ll, n)
-            mask = allowed_actions(tt, ll, n, policy.ktp_only)
-            with torch.no_grad():
-                probs = torch.softmax(policy.agent.masked_logits(obs, mask), dim=1)[0].numpy()
-            action = int(np.argmax(probs))
-            shown = {a: round(float(pr), 4) for a, pr, ok in zip(labels, probs, mask[0]) if ok}
+            mask = allowed_actions(tt, ll, n, policy.ktp_only if der else False)
+            if der:
+                none = torch.zeros(1, 0)  # a state that reads neither embedding (confidence) gets empty ones
+                obs = build_obs(policy.state, none if q_emb is None else q_emb[None],
+                                none if last_emb is None else last_emb[None], conf[None], tt, ll, n)
+                with torch.no_grad():
+                    probs = torch.softmax(policy.agent.masked_logits(obs, mask), dim=1)[0].numpy()
+                action = int(np.argmax(probs))
+                shown = {a: round(float(pr), 4) for a, pr, ok in zip(labels, probs, mask[0]) if ok}
+            else:
+                state = LiveState(t, last, n, None if q_emb is None else q_emb.numpy(), conf.numpy())
+                action = policy.act(state)
+                if not bool(mask[0, action]):
+                    raise RuntimeError(f"router {policy.id!r} chose {labels[action]}, not allowed at step {t}")
+                shown = {labels[action]: 1.0}
             if action == 2 * n:
                 routed.stopped = True
                 if on_step:
@@ -270,7 +293,8 @@ class LiveRouter:
             if on_step:
                 on_step(t, shown, step)
             answer, last = step.answer, self.names.index(expert.name)
-            last_emb = torch.as_tensor(self.embed([answer])[0])
+            if reads_answer:
+                last_emb = torch.as_tensor(self.embed([answer])[0])
             conf = torch.tensor(conf_features(step.confidence))
         return routed
 

@@ -4,18 +4,37 @@ A method is fitted on the train split and then, for each test query, gives a
 probability distribution over the tree's N + 2·N² paths (arrays.py numbers them; one-hot for the
 deterministic ones; the random router's is exact, not sampled). Evaluation then
 reads any quantity of the chosen paths from the cached tree. Each router has a
-stable ``id`` (evaluate/names.py lists them and gives their display names).
+stable ``id`` (evaluate/names.py lists them and gives their display names); router/registry.py builds
+them by id.
+
+A router that needs nothing but what a live request has (the query's embedding, the last answer's
+confidence) also routes live, one decision at a time (``act``), so `serve` can serve it by its id.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from der_pipeline.config import Params, RewardConfig
-from der_pipeline.router.arrays import TreeArrays, cost_scale, path_index, yes_margin
-from der_pipeline.router.env import VectorTreeEnv
+from der_pipeline.router.arrays import CONF_FEATURES, TreeArrays, cost_scale, path_index, yes_margin
+from der_pipeline.router.env import VectorTreeEnv, path_actions
+
+
+@dataclass
+class LiveState:
+    """What a live router knows before each decision on one query: the step ``t`` (0: no answer yet), the
+    last expert's index (-1 before the first call), the query's embedding and the last answer's confidence
+    features (CONF_FEATURES). Actions: i < N asks expert i (afresh after a first answer), N + i has expert
+    i refine the last answer (the KTP), 2N is STOP."""
+
+    t: int
+    last: int
+    n: int
+    q_emb: np.ndarray | None
+    conf: np.ndarray
 
 
 def one_hot_paths(test: TreeArrays, idx) -> np.ndarray:
@@ -28,6 +47,8 @@ def one_hot_paths(test: TreeArrays, idx) -> np.ndarray:
 class Router(ABC):
     id: str = ""
     bound: bool = False  # an upper bound that uses the reference (the oracle), not a real router
+    live: bool = False  # routes live (``act``): `serve` can serve it by its id
+    needs_query_embedding: bool = False  # ``act`` reads LiveState.q_emb
 
     def fit(self, train: TreeArrays, p: Params) -> "Router":
         return self
@@ -36,19 +57,34 @@ class Router(ABC):
     def route(self, test: TreeArrays) -> np.ndarray:
         """[Q, N + 2·N²] probabilities over paths."""
 
+    def act(self, state: LiveState) -> int:
+        """The action to take in ``state`` (LiveState's numbering); a router that is not ``live`` has none."""
+        raise NotImplementedError(f"router {self.id!r} cannot route live")
 
-class FixedPath(Router):
+
+class PathRouter(Router):
+    """A router that sends every query down one flat path ``idx`` (set by its constructor or its fit)."""
+
+    idx: int
+    live = True
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        return one_hot_paths(test, self.idx)
+
+    def act(self, state: LiveState) -> int:
+        first, second = path_actions(state.n, self.idx)
+        return first if state.t == 0 else second
+
+
+class FixedPath(PathRouter):
     """Always the same path: one expert, one refining another (KTP), or with ``fresh`` one answering afresh."""
 
     def __init__(self, method_id: str, experts: list[str], path: list[str], fresh: bool = False):
         self.id = method_id
         self.idx = path_index(len(experts), *[experts.index(e) for e in path], fresh=fresh)
 
-    def route(self, test: TreeArrays) -> np.ndarray:
-        return one_hot_paths(test, self.idx)
 
-
-class SelfCorrectionBest(Router):
+class SelfCorrectionBest(PathRouter):
     """The expert whose self-refinement (i, i) scores best on the train split."""
 
     id = "self_correction_best"
@@ -56,11 +92,9 @@ class SelfCorrectionBest(Router):
     def fit(self, train: TreeArrays, p: Params) -> "SelfCorrectionBest":
         diag = np.einsum("qii->qi", train.task2).mean(axis=0)
         self.expert = int(np.argmax(diag))
+        self.idx = path_index(train.n_experts, self.expert, self.expert)
         self.chosen = train.experts[self.expert]
         return self
-
-    def route(self, test: TreeArrays) -> np.ndarray:
-        return one_hot_paths(test, path_index(test.n_experts, self.expert, self.expert))
 
 
 class RandomRouter(Router):
@@ -110,17 +144,30 @@ class PredictedQualityRouter(Router):
     alpha_used: float
     cost: np.ndarray
 
-    @abstractmethod
-    def predict(self, test: TreeArrays) -> np.ndarray:
-        """[Q, N] predicted quality of each expert's answer."""
-
     def _fit_price(self, train: TreeArrays, p: Params, alpha: float | None) -> None:
         self.alpha_used = p.reward.alpha if alpha is None else alpha
         self.cost = train.cost1.mean(axis=0) / cost_scale(train)
 
+    live = True
+    needs_query_embedding = True
+
+    def predict(self, test: TreeArrays) -> np.ndarray:
+        """[Q, N] predicted quality of each expert's answer."""
+        return self.predict_embeddings(test.q_emb)
+
+    @abstractmethod
+    def predict_embeddings(self, q_emb: np.ndarray) -> np.ndarray:
+        """[Q, N] predicted quality of each expert's answer to the queries of these embeddings."""
+
     def route(self, test: TreeArrays, alpha: float | None = None) -> np.ndarray:
         a = self.alpha_used if alpha is None else alpha
         return one_hot_paths(test, np.argmax(self.predict(test) - a * self.cost[None, :], axis=1))
+
+    def act(self, state: LiveState) -> int:
+        if state.t > 0:
+            return 2 * state.n  # one call, then STOP
+        pred = self.predict_embeddings(np.asarray(state.q_emb, dtype=np.float32)[None])[0]
+        return int(np.argmax(pred - self.alpha_used * self.cost))
 
 
 class KNNRouter(PredictedQualityRouter):
@@ -138,8 +185,8 @@ class KNNRouter(PredictedQualityRouter):
         self.train_q = train.quality(p.reward)[0]
         return self
 
-    def predict(self, test: TreeArrays) -> np.ndarray:
-        emb = test.q_emb / np.linalg.norm(test.q_emb, axis=1, keepdims=True).clip(1e-9)
+    def predict_embeddings(self, q_emb: np.ndarray) -> np.ndarray:
+        emb = q_emb / np.linalg.norm(q_emb, axis=1, keepdims=True).clip(1e-9)
         sims = emb @ self.train_emb.T
         nn_idx = np.argsort(-sims, axis=1, kind="stable")[:, : self.k]
         return self.train_q[nn_idx].mean(axis=1)  # [Q, N]
@@ -168,9 +215,9 @@ class MLPRouter(PredictedQualityRouter):
             opt.step()
         return self
 
-    def predict(self, test: TreeArrays) -> np.ndarray:
+    def predict_embeddings(self, q_emb: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return torch.sigmoid(self.net(torch.as_tensor(test.q_emb, dtype=torch.float32))).numpy()
+            return torch.sigmoid(self.net(torch.as_tensor(q_emb, dtype=torch.float32))).numpy()
 
 
 def allowed_paths(n: int, ktp_only: bool) -> np.ndarray:
@@ -194,7 +241,7 @@ def best_fixed_index(train: TreeArrays, alpha: float, ktp_only: bool, singles_on
     return int(np.argmax(utility))
 
 
-class BestFixedPath(Router):
+class BestFixedPath(PathRouter):
     """The best constant policy: the one path (of the MDP's, see ``allowed_paths``) with the highest
     train-split task score minus alpha times its normalised cost. An RL agent that loses to it has
     learned nothing about individual queries."""
@@ -213,12 +260,16 @@ class BestFixedPath(Router):
         self.chosen = train.path_names()[self.idx]
         return self
 
-    def route(self, test: TreeArrays) -> np.ndarray:
-        return one_hot_paths(test, self.idx)
+
+def _feature(name: str):
+    i = CONF_FEATURES.index(name)
+    return lambda c: c[..., i]
 
 
-CASCADE_SIGNALS = {"yes_margin": lambda c: yes_margin(c[..., 0]), "first_prob": lambda c: c[..., 1],
-                   "mean_prob": lambda c: c[..., 2], "min_prob": lambda c: c[..., 3]}
+# a cascade's signals, read from the confidence features (CONF_FEATURES) by name
+CASCADE_SIGNALS = {"yes_margin": lambda c: yes_margin(c[..., CONF_FEATURES.index("yes_prob")]),
+                   "first_prob": _feature("first_prob"), "mean_prob": _feature("mean_prob"),
+                   "min_prob": _feature("min_prob")}
 
 
 def cascade_outcome(arrays: TreeArrays, cheap: int, strong: int, escalate: np.ndarray) -> tuple[float, float]:
@@ -260,6 +311,7 @@ class ConfidenceCascade(Router):
     score minus alpha times the normalised cost; the single experts are candidates too (never escalate)."""
 
     id = "cascade"
+    live = True
 
     def __init__(self, alpha: float | None = None):
         self.alpha = alpha
@@ -298,6 +350,125 @@ class ConfidenceCascade(Router):
         idx = np.where(esc, path_index(n, self.cheap, self.strong, fresh=True), self.cheap)
         return one_hot_paths(test, idx)
 
+    def act(self, state: LiveState) -> int:
+        if state.t == 0:
+            return self.cheap
+        if self.strong is None or not CASCADE_SIGNALS[self.signal](np.asarray(state.conf)) < self.threshold:
+            return 2 * state.n  # confident enough: STOP
+        return self.strong  # escalate: the stronger expert answers afresh
+
+
+def cascade_at_budget(train: TreeArrays, budget_gflops: float, directions: tuple[str, ...] = ("below",)) -> dict:
+    """The confidence cascade fitted to a budget instead of an alpha: the highest train-split score whose mean
+    cost is at most ``budget_gflops``, over every pair (cheap first, pricier afresh), signal, direction and
+    threshold (each distinct value), the single experts included; among equal scores the one that spends
+    more. ``directions``: escalate when the signal is ``below`` a threshold (the usual reading: unsure), or
+    ``above`` it too (a signal the cheap expert reads backwards: on SST-2 the specialist is least confident
+    exactly where it is right and the strong expert wrong)."""
+    n = train.n_experts
+    mean_cost = train.cost1.mean(axis=0)
+    best = None
+
+    def consider(score: float, cost: float, choice: dict) -> None:
+        nonlocal best
+        if cost <= budget_gflops + 1e-9 and (best is None or (score, cost) > (best["score"], best["cost_gflops"])):
+            best = {**choice, "score": score, "cost_gflops": cost}
+
+    for i in range(n):
+        consider(float(train.task1[:, i].mean()), float(mean_cost[i]), {"cheap": i, "strong": None})
+    for i in range(n):
+        for j in range(n):
+            if mean_cost[j] <= mean_cost[i]:
+                continue
+            for name, signal in CASCADE_SIGNALS.items():
+                conf = signal(train.conf1[:, i])
+                for tau in np.unique(conf):
+                    for direction in directions:
+                        esc = conf < tau if direction == "below" else conf > tau
+                        score, cost = cascade_outcome(train, i, j, esc)
+                        consider(score, cost, {"cheap": i, "strong": j, "signal": name, "direction": direction,
+                                               "threshold": float(tau)})
+    return best
+
+
+class BudgetCascade(Router):
+    """The confidence cascade at a budget (``cascade_at_budget``), fitted on the train split."""
+
+    id = "cascade_budget"
+    live = True
+
+    def __init__(self, budget_gflops: float, directions: tuple[str, ...] = ("below", "above")):
+        self.budget_gflops, self.directions = budget_gflops, tuple(directions)
+
+    def fit(self, train: TreeArrays, p: Params) -> "BudgetCascade":
+        self.choice = cascade_at_budget(train, self.budget_gflops, self.directions)
+        c = self.choice
+        self.chosen = {"first": train.experts[c["cheap"]],
+                       "then": None if c["strong"] is None else train.experts[c["strong"]],
+                       **{k: c.get(k) for k in ("signal", "direction", "threshold")}}
+        return self
+
+    def _escalate(self, conf: np.ndarray) -> np.ndarray:
+        c = self.choice
+        value = CASCADE_SIGNALS[c["signal"]](conf)
+        return value < c["threshold"] if c["direction"] == "below" else value > c["threshold"]
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        c = self.choice
+        if c["strong"] is None:
+            return one_hot_paths(test, c["cheap"])
+        esc = self._escalate(test.conf1[:, c["cheap"]])
+        return one_hot_paths(test, np.where(esc, path_index(test.n_experts, c["cheap"], c["strong"], fresh=True),
+                                            c["cheap"]))
+
+    def act(self, state: LiveState) -> int:
+        c = self.choice
+        if state.t == 0:
+            return c["cheap"]
+        if c["strong"] is None or not bool(self._escalate(np.asarray(state.conf))):
+            return 2 * state.n
+        return c["strong"]
+
+
+class RandomMix(Router):
+    """A cheap expert and the reference mixed at random to spend the budget: each query goes to the reference
+    alone with the probability that makes the expected cost the budget, else to the cheap expert alone
+    (an exact expectation, like RandomRouter). The cheap expert is the one whose mix scores best on the train
+    split: the baseline every budgeted router must beat, since it uses nothing about the query."""
+
+    id = "random_mix"
+
+    def __init__(self, reference: int, budget_gflops: float):
+        self.reference, self.budget_gflops = reference, budget_gflops
+
+    def fit(self, train: TreeArrays, p: Params) -> "RandomMix":
+        cost, score = train.cost1.mean(axis=0), train.task1.mean(axis=0)
+        best = None
+        for i in range(train.n_experts):
+            if i == self.reference:
+                continue
+            q = _mix_share(cost[i], cost[self.reference], self.budget_gflops)
+            value = q * score[self.reference] + (1 - q) * score[i]
+            if best is None or value > best[0]:
+                best = (value, i, q)
+        _, self.cheap, self.share = best
+        self.chosen = {"cheap": train.experts[self.cheap], "reference": train.experts[self.reference],
+                       "reference_share": round(self.share, 4)}
+        return self
+
+    def route(self, test: TreeArrays) -> np.ndarray:
+        w = np.zeros((test.n_queries, test.n_paths))
+        w[:, self.reference] = self.share
+        w[:, self.cheap] += 1 - self.share
+        return w
+
+
+def _mix_share(cheap_cost: float, ref_cost: float, budget: float) -> float:
+    """The share of queries sent to the reference so the mix's expected cost is the budget (at most 1)."""
+    if ref_cost <= cheap_cost:
+        return 1.0
+    return float(np.clip((budget - cheap_cost) / (ref_cost - cheap_cost), 0.0, 1.0))
+
 
 class PolicyRouter(Router):
     """A trained DER policy, greedy: runs the MDP on every test query once. ``out_of_fold``: its train
@@ -326,12 +497,3 @@ def greedy_paths(agent, arrays: TreeArrays, scale: float, reward: RewardConfig,
     refine = n + first * n + (second - n).clamp(min=0)
     escalate = n + n * n + first * n + second.clamp(max=n - 1)
     return torch.where(stop, first, torch.where(fresh, escalate, refine)).numpy()
-
-
-def baseline_routers(p: Params) -> list[Router]:
-    names = p.expert_names()
-    routers: list[Router] = [FixedPath(f"single:{e}", names, [e]) for e in names]
-    routers.append(FixedPath("round_robin", names, p.evaluate.round_robin_order))
-    routers += [FixedPath(f"self_correction:{e}", names, [e, e]) for e in names]
-    routers += [SelfCorrectionBest(), RandomRouter(), BestFixedPath(), ConfidenceCascade(), KNNRouter(), Oracle()]
-    return routers

@@ -1,38 +1,18 @@
 """The `train` stage: PPO on the train split of one dataset's cached tree; checkpoint, JSONL log, curve plot."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
-
-import torch
 
 from der_pipeline.artifacts import dataset_params, model_dir
 from der_pipeline.config import Params
 from der_pipeline.io import write_json
-from der_pipeline.router.arrays import build_arrays, cost_scale, split_arrays
+from der_pipeline.router.arrays import cost_scale, split_arrays
+from der_pipeline.router.dataset import build_arrays
 from der_pipeline.router.env import obs_dim as env_obs_dim
-from der_pipeline.router.ppo import Agent, FixedPathPolicy, FoldEnsemble, train_ppo
-
-
-def save_policy(agent: Agent | FoldEnsemble | FixedPathPolicy, path: Path, *, experts: list[str], scale: float,
-                p: Params, obs_dim: int, seed: int, out_of_fold: dict | None = None,
-                fixed_path_check: dict | None = None) -> None:
-    """The policy and what it was trained with; ``out_of_fold``: the train split's cross-validated
-    operating point of the policy kept (None without cross-validation). A ``FixedPathPolicy`` is saved as
-    the learned policy it stands in for plus ``fixed_path`` (the path's flat index; None: the learned
-    policy is the one kept), so its weights stay inspectable; ``fixed_path_check``: why (ppo.py)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fixed = agent.path if isinstance(agent, FixedPathPolicy) else None
-    learned = agent.learned if isinstance(agent, FixedPathPolicy) else agent
-    members = len(learned.members) if isinstance(learned, FoldEnsemble) else 0  # 0: one policy
-    torch.save({"state_dict": learned.state_dict(), "members": members, "obs_dim": obs_dim, "fixed_path": fixed,
-                "fixed_path_check": fixed_path_check, "n_actions": learned.n_actions, "seed": seed,
-                "hidden": learned.hidden, "experts": experts, "cost_scale": scale,
-                "reward": dataclasses.asdict(p.reward), "ppo": dataclasses.asdict(p.ppo),
-                "embedder": p.signals.embedder, "out_of_fold": out_of_fold}, tmp)
-    tmp.replace(path)
+from der_pipeline.router.budget import fit_budget
+from der_pipeline.router.checkpoint import save_policy
+from der_pipeline.router.selection import train_ppo
 
 
 def plot_training(history: list[dict], path: Path, title: str) -> None:
@@ -72,11 +52,16 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
     train, _ = split_arrays(arrays, splits)
     scale = cost_scale(train)
     out = out_dir or model_dir(p, dataset)
+    fit = None
+    if p.budget.cost_share is not None:  # the budget's multiplier is the alpha every seed trains with
+        fit = fit_budget(train, p, dataset, p.budget.cost_share, p.seeds[0], scale)
+        p = p.override("reward", alpha=fit.alpha)
     per_seed = []
     for seed in p.seeds:
         folder = out / f"seed-{seed}"
         folder.mkdir(parents=True, exist_ok=True)
-        agent, history = train_ppo(train, p.reward, p.ppo, seed=seed, log_path=folder / "train_log.jsonl", scale=scale)
+        agent, history = train_ppo(train, p.reward, p.ppo, seed=seed, log_path=folder / "train_log.jsonl", scale=scale,
+                                   budget_gflops=None if fit is None else fit.budget_gflops)
         obs_dim = env_obs_dim(p.ppo.state, arrays.q_emb.shape[1], arrays.conf1.shape[-1], arrays.n_experts)
         save_policy(agent, folder / "policy.pt", experts=arrays.experts, scale=scale, p=p, obs_dim=obs_dim, seed=seed,
                     out_of_fold=history[-1].get("out_of_fold") if history else None,
@@ -98,5 +83,7 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
                                                for k, v in last["fixed_path_check"].items()}
                                               if last.get("fixed_path_check") else None)})
     summary = {"dataset": dataset, "train_queries": train.n_queries, "seeds": per_seed}
+    if fit is not None:
+        summary["budget"] = fit.row()
     write_json(summary, out / "train_summary.json")  # tracked by DVC: no timings, so a rerun changes nothing
     return {**summary, "out": str(out), "seconds": round(time.perf_counter() - t0, 2)}

@@ -2,16 +2,20 @@
 
 Model ids (after RouteLLM's server, where ``model`` names the router): ``der`` is the policy that
 ``ask`` loads (models/<dataset>/seed-<first seed>), ``der:<alpha>`` a policy trained with that cost
-weight (the default one, and any given with ``--policy``), and an expert's name calls that expert
-directly, so a client can compare the router with each expert on the same question.
+weight (the default one, and any given with ``--policy``), every live router of the registry by its id
+(``cascade``, ``best_fixed``, ``knn``, ``mlp``, ..., fitted on the train split as evaluate fits them), and
+an expert's name calls that expert directly, so a client can compare the routers with each expert on the
+same question.
 """
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
 
 from der_pipeline.router.live import LiveRouter, Policy, Routed
+from der_pipeline.router.methods import Router
 
 
 class UnknownModelError(LookupError):
@@ -30,8 +34,10 @@ def alpha_id(alpha: float) -> str:
 
 
 class RouterService:
-    def __init__(self, live: LiveRouter, dataset: str, default: Policy, extra: list[Policy] = ()):
+    def __init__(self, live: LiveRouter, dataset: str, default: Policy, extra: list[Policy] = (),
+                 routers: dict[str, Router] | None = None):
         self.live, self.dataset, self.default = live, dataset, default
+        self.routers = dict(routers or {})
         self.policies: dict[str, Policy] = {alpha_id(default.alpha): default}
         for pol in extra:
             key = alpha_id(pol.alpha)
@@ -41,12 +47,14 @@ class RouterService:
         self.created = int(time.time())
 
     def model_ids(self) -> list[str]:
-        return ["der", *sorted(self.policies), *self.live.names]
+        return ["der", *sorted(self.policies), *self.routers, *self.live.names]
 
-    def resolve(self, model: str) -> Policy | str:
-        """The policy, or the expert's name, that ``model`` asks for."""
+    def resolve(self, model: str) -> Policy | Router | str:
+        """The policy, the router, or the expert's name, that ``model`` asks for."""
         if model == "der":
             return self.default
+        if model in self.routers:
+            return self.routers[model]
         if model.startswith("der:"):
             try:
                 key = alpha_id(float(model[4:]))
@@ -77,11 +85,16 @@ class RouterService:
 
     def extension(self, model: str, routed: Routed, latency_s: float) -> dict:
         target = self.resolve(model)
+        if isinstance(target, str):
+            policy = None
+        elif isinstance(target, Policy):
+            policy = {"path": str(target.path), "alpha": target.alpha, "seed": target.seed, "state": target.state,
+                      "fixed_path": (target.fixed_path or {}).get("path_name")}
+        else:  # a fitted router of the registry: what it settled on, on the train split
+            policy = {"router": target.id, "chosen": _finite(getattr(target, "chosen", None))}
         return {
             "dataset": self.dataset, "answer_type": self.live.answer_type,
-            "policy": None if isinstance(target, str) else {"path": str(target.path), "alpha": target.alpha,
-                                                            "seed": target.seed, "state": target.state,
-                                                            "fixed_path": (target.fixed_path or {}).get("path_name")},
+            "policy": policy,
             "path": routed.path, "stopped": routed.stopped, "parsed_answer": self.live.parse(routed.answer),
             "context_trimmed_from": routed.context_trimmed_from,
             "cost_gflops": round(routed.cost_gflops, 3), "latency_s": round(latency_s, 3),
@@ -90,6 +103,15 @@ class RouterService:
                        "completion_tokens": s.completion_tokens, "latency_s": round(s.latency_s, 3),
                        "cost_gflops": round(s.cost_gflops, 3)} for s in routed.steps],
         }
+
+
+def _finite(value):
+    """JSON has no infinity: a threshold of inf (escalate every query) is shown as null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def usage(routed: Routed) -> dict:

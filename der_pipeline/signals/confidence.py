@@ -15,13 +15,15 @@ import time
 
 from tqdm import tqdm
 
-from der_pipeline.artifacts import confidence_dir, read_tree, dataset_params
+from der_pipeline.artifacts import confidence_dir, dataset_params
+from der_pipeline.generate.tree import read_tree
 from der_pipeline.config import Params
 from der_pipeline.experts.backends import LlamaCppBackend
 from der_pipeline.experts.keys import render_prompt
 from der_pipeline.resumable import BufferedWriter
 from der_pipeline.schemas import CONFIDENCE
 from der_pipeline.tree_store import TreeStore
+from der_pipeline.writer_lock import exclusive_writer
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,12 @@ FLUSH_EVERY_S = 20.0
 
 
 def confidence_dataset(p: Params, dataset: str, progress: bool = True) -> dict:
+    """Every current node's confidence, under the confidence table's writer lock (one writer at a time)."""
+    with exclusive_writer(confidence_dir(dataset_params(p, dataset), dataset), f"the {dataset} confidence table"):
+        return _confidence_dataset(p, dataset, progress)
+
+
+def _confidence_dataset(p: Params, dataset: str, progress: bool) -> dict:
     p = dataset_params(p, dataset)
     tree = read_tree(p, dataset)
     store = TreeStore(confidence_dir(p, dataset), CONFIDENCE)

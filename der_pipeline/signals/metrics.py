@@ -24,7 +24,7 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 TASK_METRIC = {"yes_no": "accuracy", "span": "f1", "number": "numeric_match", "summary": "rougeL",
                "sentiment": "accuracy"}
@@ -64,9 +64,18 @@ def parse_span(text: str) -> str:
     return line.strip().strip("*_`\"' ").rstrip(".").strip("*_`\"' ")
 
 
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
 def parse_number(text: str) -> str:
-    """The final number as a plain string ('' if none): '1,234.50 dollars' -> '1234.5'."""
+    """The final number as a plain string ('' if none): '1,234.50 dollars' -> '1234.5'. A LaTeX ``\\boxed{...}``
+    is the model's own mark of its final answer, so the last one holding a number wins over any number after
+    it ('\\boxed{5} ... for 30 days' -> '5')."""
     tail = text
+    for boxed in reversed(_BOXED.findall(text)):
+        nums = _NUMBER.findall(boxed)
+        if nums:
+            return _canon_number(nums[-1])
     tags = list(_ANSWER_TAG.finditer(text))
     if tags:
         after = text[tags[-1].end():].strip().split("\n")[0]
@@ -87,6 +96,19 @@ def _canon_number(s: str) -> str:
         d = Decimal(s)
         return str(int(d)) if d == d.to_integral_value() else format(d, "f").rstrip("0")
     return str(int(v)) if v == int(v) else repr(v)
+
+
+def canon_reference(reference: str) -> str:
+    """A number answer's reference in the form ``parse_number`` gives; a reference that is not a finite number
+    (prepare refuses one, so only a hand-edited table has it) is an error, not a query nobody can answer."""
+    try:
+        value = Decimal(reference.replace(",", "").strip())
+    except InvalidOperation:
+        value = None
+    if value is None or not value.is_finite():
+        raise ValueError(f"number reference {reference!r} is not a finite number; fix the dataset's file and "
+                         f"rerun `der-pipeline prepare`")
+    return _canon_number(reference.strip())
 
 
 def normalize_answer(s: str) -> str:
@@ -172,7 +194,7 @@ def score_answer(answer: str, reference: str, answer_type: str, aliases: list[st
         return TaskScore(parsed, metric, max(token_f1(parsed, g, span_rule) for g in golds),
                          {"exact_match": max(exact_match(parsed, g) for g in golds)})
     if answer_type == "number":
-        gold = _canon_number(reference)
+        gold = canon_reference(reference)
         return TaskScore(parsed, metric, float(parsed != "" and parsed == gold))
     # the gold summary with the best ROUGE-L decides all three, so they describe one comparison
     best = max((rouge(parsed, g) for g in golds), key=lambda r: r["rougeL"])

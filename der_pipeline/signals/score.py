@@ -13,7 +13,8 @@ import time
 
 import pyarrow as pa
 
-from der_pipeline.artifacts import load_tree, scores_path, dataset_params
+from der_pipeline.artifacts import scores_path, dataset_params
+from der_pipeline.generate.tree import load_tree
 from der_pipeline.config import Params
 from der_pipeline.experts.models import embedder_path
 from der_pipeline.io import write_table
