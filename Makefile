@@ -8,7 +8,7 @@ SAMPLE ?= 8
 # A portable llama.cpp build: AVX2, no AVX-512/AMX (the AMX kernels crash on these VMs).
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
-.PHONY: setup setup-engines setup-vllm llama-server demo test test-default test-recipes test-engines test-fast results clean-demo
+.PHONY: setup setup-engines setup-vllm llama-server demo lint docs docs-build test test-default test-recipes test-engines test-fast results clean-demo
 
 setup: $(STAMP)
 
@@ -39,6 +39,19 @@ demo: setup
 else
 demo: results
 endif
+
+# ruff (pyproject.toml's [tool.ruff]): CI runs it first, so a lint error fails in seconds.
+lint: setup
+	$(BIN)/ruff check .
+
+# The docs site (mkdocs.yml, docs/; Material theme, built from the repository alone, no network): `make docs`
+# serves it at http://127.0.0.1:8001 (8000 is `der-pipeline serve`'s) and rebuilds on every edit; `make
+# docs-build` is CI's strict build into build/site, where a broken link or a page missing from the nav fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+docs-build: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Every test, slow real-model ones included (tiny samples), in three timed steps: the default suite (under
 # 15 minutes on 2 cores once set up), the README's recipes run as written on a clone of the repository, then

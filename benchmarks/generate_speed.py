@@ -1,4 +1,5 @@
-"""Generation speed on the same prompts: `generate`'s path against raw llama.cpp, and prefix-ordered against naive order.
+"""Generation speed on the same prompts: `generate`'s path against raw llama.cpp, and prefix-ordered against naive
+order.
 
 Prints tokens per second of (a) the backend as `generate` uses it (chat template, sampling, stop handling),
 (b) raw llama.cpp evaluation of the same token sequences (tokenise + eval, no sampling), their ratio, and
@@ -12,8 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from der_pipeline.config import load_params
 from der_pipeline.artifacts import load_prepared
+from der_pipeline.config import load_params
 from der_pipeline.experts.backends import LlamaCppBackend
 from der_pipeline.experts.prompts import build_prompt
 

@@ -72,7 +72,8 @@ def main() -> None:
             wall = time.perf_counter() - t0
             lat = np.array([o[0] for o in out])
             results[clients] = len(rows) / wall
-            print(f"{clients:>7} {len(rows) / wall:>7.3f} {np.percentile(lat, 50):>7.2f} {np.percentile(lat, 90):>7.2f} "
+            print(f"{clients:>7} {len(rows) / wall:>7.3f} {np.percentile(lat, 50):>7.2f} "
+                  f"{np.percentile(lat, 90):>7.2f} "
                   f"{lat.max():>7.2f} {np.mean([o[1] for o in out]):>9.2f} {np.mean([o[2] for o in out]):>10.1f}")
         print(f"throughput ratio, 4 clients / 1 client: {results[4] / results[1]:.2f}x")
     finally:

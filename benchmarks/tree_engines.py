@@ -1,7 +1,7 @@
 """Tree generation per engine, side by side in one run: wall seconds per 20-node tree and output tokens/s.
 
-On the same queries of one dataset (BoolQ unless --dataset) and the same expert pool (params.yaml's), each engine runs `generate` into a
-fresh folder, in its own process, one after the other:
+On the same queries of one dataset (BoolQ unless --dataset) and the same expert pool (params.yaml's), each engine
+runs `generate` into a fresh folder, in its own process, one after the other:
 
   (a) llamacpp     today's sequential path: in-process llama.cpp, one sequence at a time
   (b) llamaserver  llama.cpp's llama-server with parallel slots (continuous batching), N requests in flight

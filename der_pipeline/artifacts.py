@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 
 from der_pipeline.config import Params
-from der_pipeline.tree_store import TreeStore
 from der_pipeline.io import read_table
 from der_pipeline.schemas import CONFIDENCE, EMBEDDINGS, PREPARED, SCORES, join_path
+from der_pipeline.tree_store import TreeStore
 
 log = logging.getLogger(__name__)
 

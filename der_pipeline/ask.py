@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from der_pipeline.artifacts import policy_path, dataset_params
+from der_pipeline.artifacts import dataset_params, policy_path
 from der_pipeline.config import Params
 from der_pipeline.data.sources import answer_type_of
 from der_pipeline.router.live import LiveRouter, Policy, Step

@@ -68,7 +68,8 @@ class _Typer(typer.Typer):
 app = _Typer(
     help="Dynamic Ensemble Reasoning over small local LLMs: precompute every 2-hop expert path, "
          "score it, then train and evaluate a PPO router offline. Stages in order: "
-         "prepare (, finetune) -> generate -> confidence, embed, score -> train, tune -> evaluate, curves, ablate, cross-task "
+         "prepare (, finetune) -> generate -> confidence, embed, score -> train, tune -> evaluate, curves, ablate, "
+         "cross-task "
          "(-> report).",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -93,17 +94,28 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(1)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """The failures a user can cause and fix (bad input, a missing file or model, a server down): a clean message."""
-    from der_pipeline.experts.backends import BackendError
-    from der_pipeline.experts.models import ModelNotFoundError
-    from der_pipeline.router.live import ExpertCallError
-    from der_pipeline.router.registry import UnknownRouterError
-    from der_pipeline.tree_store import CorruptShardError
-    from der_pipeline.writer_lock import StoreBusyError
+# The failures a user can cause and fix (bad input, a missing file or model, a server down), by the module that
+# raises them. Looked up among the modules already imported, not imported here: an error of a module that the
+# command never loaded cannot have been raised, and a stage's code dependencies stay those it really runs
+# (dvc.yaml; tests/test_stage_deps.py).
+USER_ERRORS = {
+    "der_pipeline.experts.backends": ("BackendError",),
+    "der_pipeline.experts.models": ("ModelNotFoundError",),
+    "der_pipeline.router.live": ("ExpertCallError",),
+    "der_pipeline.router.registry": ("UnknownRouterError",),
+    "der_pipeline.tree_store": ("CorruptShardError",),
+    "der_pipeline.writer_lock": ("StoreBusyError",),
+}
 
-    return (FileNotFoundError, ValueError, ConfigError, CorruptShardError, BackendError, ModelNotFoundError,
-            ExpertCallError, StoreBusyError, UnknownRouterError)
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The failures a user can cause and fix: a clean message (see USER_ERRORS)."""
+    found: list[type[Exception]] = [FileNotFoundError, ValueError, ConfigError]
+    for module, names in USER_ERRORS.items():
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            found += [getattr(loaded, name) for name in names]
+    return tuple(found)
 
 
 def _datasets(p: Params, chosen: Optional[list[str]]) -> list[str]:
@@ -167,7 +179,8 @@ def prepare(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt)
     for name, path in written.items():
         t = load_prepared(p, name)
         splits = t["split"].to_pylist()
-        typer.echo(f"{name}: {t.num_rows} queries (train {splits.count('train')}, test {splits.count('test')}) -> {path}")
+        typer.echo(f"{name}: {t.num_rows} queries (train {splits.count('train')}, test {splits.count('test')}) "
+                   f"-> {path}")
 
 
 @app.command()
@@ -188,7 +201,8 @@ def finetune(params: Path = ParamsOpt,
             _fail(ValueError(f"--dataset {ds!r}: no specialist declared for it; specialists has "
                              f"{sorted(p.specialists)}"))
     _require_models(p, only={p.specialists[ds].expert for ds in chosen})
-    from der_pipeline.specialists.finetune import finetune as run, write_manifest
+    from der_pipeline.specialists.finetune import finetune as run
+    from der_pipeline.specialists.finetune import write_manifest
 
     write_manifest(p, prune=not dataset)
     for ds in chosen:
@@ -300,7 +314,8 @@ def confidence(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetO
 
 @app.command()
 def train(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt,
-          preset: Optional[str] = typer.Option(None, help="apply a named preset from params.yaml first (e.g. der-paper)"),
+          preset: Optional[str] = typer.Option(
+              None, help="apply a named preset from params.yaml first (e.g. der-paper)"),
           alpha: Optional[float] = typer.Option(None, help="cost weight a in the reward"),
           cost_share: Optional[float] = typer.Option(
               None, "--cost-share",
@@ -393,6 +408,16 @@ def curves(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) 
 
 
 @app.command()
+def budgets(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
+    """DER, the confidence cascade and a random mix, each fitted on the train split to spend the same budget (each
+    of budget.shares x the reference expert's mean cost), on the test split: one table per dataset, a plot of
+    score against cost share, and DER's non-inferiority to the reference (results/budgets/)."""
+    from der_pipeline.evaluate.budgets import budgets as run
+
+    _tables(params, dataset, run)
+
+
+@app.command()
 def ablate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) -> None:
     """DER retrained with one change at a time: P signal, reward form / preset, state (results/ablate/)."""
     from der_pipeline.evaluate.ablate import ablate as run
@@ -402,7 +427,8 @@ def ablate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt) 
 
 @app.command("cross-task")
 def cross_task(params: Path = ParamsOpt) -> None:
-    """One DER policy for the mixture of evaluate.cross_task datasets, against per-task policies (results/cross_task/)."""
+    """One DER policy for the mixture of evaluate.cross_task datasets, against per-task policies
+    (results/cross_task/)."""
     from der_pipeline.evaluate.cross_task import cross_task as run
 
     p = _load(params)
@@ -548,7 +574,8 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
     The last user message is the question; the passage goes in a `context` field of the request body or in a
     system message. `model` picks the router: `der` (the policy `ask` uses: models/<dataset>/seed-<first seed>),
     `der:<alpha>` (a policy trained at that cost weight; see --policy), a baseline router by its id (`cascade`,
-    `best_fixed`, `knn`, `mlp`, ...; see --router), or an expert's name to call that expert alone. The reply is a chat completion whose content is the last expert's answer, with `usage` summed over the
+    `best_fixed`, `knn`, `mlp`, ...; see --router), or an expert's name to call that expert alone. The reply is a
+    chat completion whose content is the last expert's answer, with `usage` summed over the
     expert calls and a `der` object: the path, every step (expert, action probabilities, answer, confidence,
     tokens, latency, cost) and the total cost in GFLOPs. `stream: true` streams the answer once routing is done.
     Decoding follows params.yaml (generation.*), as in the tree; request fields such as temperature are ignored.
@@ -592,7 +619,8 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
 
 @app.command()
 def demo(rerun: bool = typer.Option(False, "--rerun", help="rerun the whole chain with the real experts on a small "
-                                                            "BoolQ sample (minutes) instead of showing committed results"),
+                                                            "BoolQ sample (minutes) instead of showing committed "
+                                                            "results"),
          sample: int = typer.Option(8, min=1, help="with --rerun: BoolQ queries to run through the whole chain"),
          workdir: Path = typer.Option(Path("runs/demo"), help="with --rerun: where its data, models and results go"),
          params: Path = ParamsOpt) -> None:

@@ -261,7 +261,8 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class PPOConfig:
-    state: Literal["query_answer", "query_answer_confidence", "query", "confidence"]  # what the policy sees (env.py)
+    state: Literal["query_answer", "query_answer_confidence", "query", "confidence",
+                   "confidence_task"]  # what the policy sees (env.py)
     total_timesteps: int
     num_envs: int
     num_steps: int
@@ -278,11 +279,14 @@ class PPOConfig:
     vf_coef: float
     max_grad_norm: float
     hidden: int
-    selection_folds: int  # K: the PPO iteration kept is chosen by K-fold cross-validation on the train split (0 = keep the last)
-    selection_tolerance: float  # keep the latest iteration within this fraction of the CV gain (best - untrained) of the best
+    # K: the PPO iteration kept is chosen by K-fold cross-validation on the train split (0 = keep the last)
+    selection_folds: int
+    # keep the latest iteration within this fraction of the CV gain (best - untrained) of the best
+    selection_tolerance: float
     eval_every: int  # iterations between validation checks
     final_policy: Literal["fold_ensemble", "refit"]  # the policy kept after cross-validation (router/ppo.py)
-    rollout: Literal["sampled", "all_actions"]  # PPO's batch: sampled episodes, or every state with every action's outcome
+    # PPO's batch: sampled episodes, or every state with every action's outcome
+    rollout: Literal["sampled", "all_actions"]
     fallback: Literal["best_fixed_path", "none"]  # kept instead of a policy that does not beat it out of fold (ppo.py)
 
     def validate(self, key: str) -> None:
@@ -346,6 +350,7 @@ class EvaluateConfig:
     ablations: AblationConfig
     tune: TuneConfig
     cross_task: list[str]  # datasets mixed for one policy ([] = skip)
+    cross_task_query_state: str  # the state of the mixture's policy that sees what the query is (env.py)
 
     def validate(self, key: str) -> None:
         _check(self.bootstrap >= 1, f"{key}.bootstrap", "an integer >= 1 (bootstrap resamples)")
@@ -357,8 +362,12 @@ class EvaluateConfig:
         for s in self.ablations.signal:
             _check(s in ("task", "bertscore", "mix"), f"{key}.ablations.signal", "a list of task / bertscore / mix")
         for s in self.ablations.state:
-            _check(s in ("query_answer", "query_answer_confidence", "query", "confidence"), f"{key}.ablations.state",
+            _check(s in ("query_answer", "query_answer_confidence", "query", "confidence", "confidence_task"),
+                   f"{key}.ablations.state",
                    "a list of query_answer / query_answer_confidence / query / confidence")
+        _check(self.cross_task_query_state in ("query_answer", "query_answer_confidence", "query", "confidence",
+                                               "confidence_task"), f"{key}.cross_task_query_state",
+               "one of query_answer / query_answer_confidence / query / confidence / confidence_task")
         for s in self.ablations.state_forms:
             _check(s in ("per_step", "terminal"), f"{key}.ablations.state_forms", "a list of per_step / terminal")
 
@@ -373,7 +382,8 @@ class BudgetConfig:
     alpha_low: float  # the multiplier is 0 (the budget does not bind) or searched in [alpha_low, alpha_high]
     alpha_high: float
     steps: int  # bisection steps, each one K-fold cross-validation of PPO
-    shares: list[float]  # the curves stage's budgets: DER, the cascade and the random mix at each
+    shares: list[float]  # the budgets stage's budgets: DER, the cascade and the random mix at each
+    cascade_directions: list[str]  # the budgeted cascade escalates below a signal's threshold, or above it too
     margin: float  # non-inferiority margin: DER - reference >= -margin, by the one-sided lower bound
     power: float  # the power at which the minimal detectable difference of a test split is reported
 
@@ -385,6 +395,8 @@ class BudgetConfig:
                "a number above alpha_low, itself a positive number")
         _check(self.steps >= 1, f"{key}.steps", "an integer >= 1")
         _check(all(0.0 < s <= 1.0 for s in self.shares), f"{key}.shares", "a list of numbers in (0, 1]")
+        _check(len(self.cascade_directions) >= 1 and set(self.cascade_directions) <= {"below", "above"},
+               f"{key}.cascade_directions", "a non-empty list of below / above")
         _check(self.margin >= 0, f"{key}.margin", "a number >= 0")
         _check(0.5 <= self.power < 1.0, f"{key}.power", "a number in [0.5, 1)")
 
@@ -447,14 +459,15 @@ class Params:
         _check(len(self.evaluate.round_robin_order) == 2, "evaluate.round_robin_order",
                "exactly two expert names (one per hop)")
 
-    def with_preset(self, name: str) -> "Params":
+    def with_preset(self, name: str) -> Params:
         """A copy with a named preset (params.yaml ``presets``) applied on top, validated."""
         if name not in self.presets:
             raise ConfigError(f"params: no preset {name!r} under 'presets'; known: {sorted(self.presets)}")
         new = self
         for section, values in self.presets[name].items():
             if section not in ("reward", "ppo", "signals", "evaluate"):
-                raise ConfigError(f"params: bad key 'presets.{name}.{section}': expected reward, ppo, signals or evaluate")
+                raise ConfigError(f"params: bad key 'presets.{name}.{section}': "
+                                  "expected reward, ppo, signals or evaluate")
             if not isinstance(values, dict):
                 raise ConfigError(f"params: 'presets.{name}.{section}' must be a mapping")
             new = new.override(section, _key=f"presets.{name}.{section}", **values)
@@ -478,7 +491,7 @@ class Params:
                 return e
         raise ConfigError(f"experts: no expert named {name!r}; known: {self.expert_names()}")
 
-    def override(self, section: str, _key: str | None = None, **values: Any) -> "Params":
+    def override(self, section: str, _key: str | None = None, **values: Any) -> Params:
         """A copy with some keys of one section (or ``seeds``) replaced, built and validated exactly as
         params.yaml is: the one path for CLI flags, presets and ablation settings. None values are ignored."""
         values = {k: v for k, v in values.items() if v is not None}

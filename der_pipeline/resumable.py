@@ -30,7 +30,7 @@ class BufferedWriter:
         self._last = time.monotonic()
         self._old_handler = None
 
-    def __enter__(self) -> "BufferedWriter":
+    def __enter__(self) -> BufferedWriter:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
             self._old_handler = signal.signal(signal.SIGTERM, _raise_stopped)
         return self

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 
 from der_pipeline.artifacts import load_prepared
-from der_pipeline.generate.tree import read_tree
 from der_pipeline.config import load_params
 from der_pipeline.data.prepare import unit_hash
+from der_pipeline.generate.tree import read_tree
 
 
 def complete_prefix(params_path: str, dataset: str) -> tuple[int, int, int]:

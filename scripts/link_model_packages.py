@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import re
 import sys
+import tomllib
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
-
-import tomllib
 
 
 def model_requirements(pyproject: Path) -> list[str]:

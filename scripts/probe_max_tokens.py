@@ -64,7 +64,8 @@ def main() -> None:
             pb = p.override("generation", max_tokens={**p.generation.max_tokens, kind: budget})
             t0 = time.perf_counter()
             outs = list(backend.generate(expert, [render_prompt(pb, expert, q) for q in queries]))
-            scores = [score_answer(o.text, q["reference"], q["answer_type"], q["aliases"]) for o, q in zip(outs, queries)]
+            scores = [score_answer(o.text, q["reference"], q["answer_type"], q["aliases"])
+                      for o, q in zip(outs, queries)]
             print(f"{name} max_tokens {budget}: cut off {sum(o.finish_reason == 'length' for o in outs)}/{len(outs)}, "
                   f"parsed {sum(s.parsed != '' for s in scores)}/{len(outs)}, right {sum(s.score for s in scores):.0f}/"
                   f"{len(outs)}, mean output tokens {sum(o.completion_tokens for o in outs) / len(outs):.0f}, "

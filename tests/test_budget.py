@@ -2,12 +2,11 @@
 non-inferiority test, each on a hand-made case whose answer is known."""
 import numpy as np
 import pytest
+from conftest import synthetic_tree
 
 from der_pipeline.evaluate.stats import non_inferiority
 from der_pipeline.router.budget import bisect_alpha, fit_budget, reference_index
 from der_pipeline.router.methods import RandomMix, cascade_at_budget
-
-from conftest import synthetic_tree
 
 
 def test_the_search_finds_the_alpha_that_allows_exactly_the_escalations_the_budget_pays_for():

@@ -11,7 +11,6 @@ import time
 
 import pytest
 import yaml
-
 from conftest import REPO, SHARED_DATA
 
 # stops a command that got past its checks before it loads a model (the tests must never load one)

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import yaml
-
 from conftest import REPO, SHARED_DATA, run_cli
 
 COMMITTED = REPO / "results" / "evaluate"
@@ -65,3 +64,33 @@ def test_the_readme_results_section_is_up_to_date():
     proc = run_cli(["report", "--check"], cwd=REPO, check=False, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "up to date" in proc.stdout
+
+
+def test_training_on_a_committed_tree_cross_validates_and_decides_the_fallback_on_real_numbers(tmp_path):
+    """The production path of `train` on real data: SST-2's committed tree (615 train queries) gives three
+    non-empty folds; every checked iteration is validated on all three, the fold ensemble of three policies
+    is kept, and the fallback is decided by the one-standard-error rule on the out-of-fold utilities."""
+    from der_pipeline.router.checkpoint import load_checkpoint
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["paths"].update(source_data=str(SHARED_DATA), data=str(REPO / raw["paths"]["data"]),
+                        models=str(tmp_path / "models"), results=str(tmp_path / "results"),
+                        metrics=str(tmp_path / "metrics"))
+    raw["ppo"]["total_timesteps"] = 8192  # four iterations: the path, not the policy, is under test
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run_cli(["train", "--params", str(tmp_path / "params.yaml"), "-d", "sst2", "--seed", "1", "--out",
+             str(tmp_path / "out")], cwd=tmp_path, timeout=600)
+    folder = tmp_path / "out" / "sst2" / "seed-1"
+    rows = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    kept = rows[-1]["kept"]
+    checked = [r for r in rows[:-1] if "val_return" in r]
+    assert checked and all(len(r["val_return_folds"]) == 3 for r in checked)
+    assert all(math.isclose(r["val_return"], sum(r["val_return_folds"]) / 3, abs_tol=1e-3) for r in checked)
+    assert kept["selected_iteration"] in {r["iteration"] for r in checked}
+    check = kept["fixed_path_check"]
+    assert check["se"] > 0 and check["beats_fixed_path"] == (check["gain"] > check["se"])
+    assert kept["policy"] == ("learned" if check["beats_fixed_path"] else "best_fixed_path")
+    ckpt = load_checkpoint(folder / "policy.pt")
+    assert ckpt["members"] == 3 and (ckpt["fixed_path"] is None) == check["beats_fixed_path"]
+    oof = kept["out_of_fold"]
+    assert 0 < oof["score"] <= 1 and oof["cost_gflops"] > 0

@@ -7,17 +7,16 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli, wait_until
+from test_generate_real import write_params
 
 from der_pipeline.artifacts import confidence_dir, load_confidence
-from der_pipeline.generate.tree import read_tree
 from der_pipeline.config import load_params
 from der_pipeline.experts.backends import make_backend
 from der_pipeline.experts.prompts import build_prompt
+from der_pipeline.generate.tree import read_tree
 from der_pipeline.io import write_table
 from der_pipeline.schemas import CONFIDENCE_FIELDS, TREE
-
-from conftest import run_cli, wait_until
-from test_generate_real import write_params
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +29,8 @@ def test_an_obvious_yes_has_a_yes_mass_above_half_and_a_wider_margin_than_an_amb
     backend = make_backend(repo_params.generation)
     expert = repo_params.expert("qwen2.5-coder-1.5b")
     try:
-        outs = [next(backend.generate(expert, [build_prompt(True, q, c, "yes_no", 12)])) for q, c in (OBVIOUS, AMBIGUOUS)]
+        outs = [next(backend.generate(expert, [build_prompt(True, q, c, "yes_no", 12)]))
+                for q, c in (OBVIOUS, AMBIGUOUS)]
         rescored = [next(backend.score(expert, [build_prompt(True, q, c, "yes_no", 12)], [o.text]))
                     for (q, c), o in zip((OBVIOUS, AMBIGUOUS), outs)]
     finally:

@@ -2,10 +2,9 @@ import re
 
 import pytest
 import yaml
+from conftest import REPO
 
 from der_pipeline.config import ConfigError, load_params, params_from_dict
-
-from conftest import REPO
 
 
 def raw():
@@ -15,7 +14,8 @@ def raw():
 def test_repo_params_load_and_validate():
     p = load_params(REPO / "params.yaml")
     assert len(p.experts) == 4
-    assert set(p.data.datasets) == {"boolq", "hotpotqa", "gsm8k", "xsum", "sst2", "squad"} and "boolq" in p.data.active()
+    assert (set(p.data.datasets) == {"boolq", "hotpotqa", "gsm8k", "xsum", "sst2", "squad"}
+            and "boolq" in p.data.active())
 
 
 @pytest.mark.parametrize("mutate, key", [

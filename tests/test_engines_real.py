@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import CACHE_ENV, REPO, require_or_skip, require_path_or_skip, run_cli, wait_until
+from test_generate_real import write_params
 
 from der_pipeline.config import load_params
 from der_pipeline.experts.backends import BackendError, make_backend
 from der_pipeline.generate.run import generate_dataset
 from der_pipeline.signals.metrics import parse_yes_no
 from der_pipeline.tree_store import TreeStore
-
-from conftest import CACHE_ENV, REPO, require_or_skip, require_path_or_skip, run_cli, wait_until
-from test_generate_real import write_params
 
 # Each test makes a reference tree with in-process llama.cpp before running its engine: longer than the default
 # limit on 2 cores (vLLM's CPU build alone is given 20 minutes below).

@@ -89,7 +89,7 @@ def test_a_higher_score_at_a_higher_cost_than_the_best_fixed_path_shows_the_rewa
 def test_render_findings_lists_every_dataset():
     out = results(0.75, 50.0, 0.3, 0.01)
     lines = render_findings([out, {**out, "dataset": "other"}], {})
-    assert any(l.startswith("- **toy**") for l in lines) and any(l.startswith("- **other**") for l in lines)
+    assert any(line.startswith("- **toy**") for line in lines) and any(line.startswith("- **other**") for line in lines)
 
 
 def test_bertscore_evidence_without_right_answers_reads_n_a():

@@ -1,10 +1,10 @@
 """`der-pipeline gc` on a copy of the committed SST-2 tree (real Parquet, the real adapter's keys)."""
 import shutil
 
+from conftest import REPO, run_cli
+
 from der_pipeline.generate.gc import collect
 from der_pipeline.generate.tree import read_tree
-
-from conftest import REPO, run_cli
 
 
 def _copy(repo_params, tmp_path):

@@ -10,15 +10,14 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import REPO, SHARED_DATA, PortTaken, free_port, on_free_port, run_cli, wait_until
 
 from der_pipeline.config import load_params
 from der_pipeline.experts.backends import BackendError, OpenAIBackend, make_backend
 from der_pipeline.experts.models import ModelNotFoundError, resolve_model_path
 from der_pipeline.experts.prompts import build_prompt
-from der_pipeline.generate.tree import read_tree
 from der_pipeline.generate.run import generate_dataset
-
-from conftest import REPO, SHARED_DATA, PortTaken, free_port, on_free_port, run_cli, wait_until
+from der_pipeline.generate.tree import read_tree
 
 pytestmark = pytest.mark.slow
 

@@ -6,12 +6,9 @@ import socket
 import time
 from pathlib import Path
 
+import conftest
 import httpx2 as httpx
 import pytest
-
-from der_pipeline.experts import models
-
-import conftest
 from conftest import (
     CACHE_ENV,
     PortTaken,
@@ -22,6 +19,8 @@ from conftest import (
     uvicorn_in_thread,
     wait_until,
 )
+
+from der_pipeline.experts import models
 
 
 def test_a_missing_engine_skips_and_fails_when_engines_are_required(tmp_path, monkeypatch):

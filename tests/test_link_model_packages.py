@@ -9,7 +9,8 @@ SCRIPT = REPO / "scripts" / "link_model_packages.py"
 
 
 def link(dest: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), str(dest)], cwd=REPO, capture_output=True, text=True, check=False)
+    return subprocess.run([sys.executable, str(SCRIPT), str(dest)], cwd=REPO, capture_output=True, text=True,
+                          check=False)
 
 
 def test_links_every_model_package_importably_and_is_idempotent(tmp_path):

@@ -1,7 +1,14 @@
 import pytest
 
-from der_pipeline.signals.metrics import (exact_match, normalize_answer, parse_number, parse_span, parse_yes_no,
-                                          score_answer, token_f1)
+from der_pipeline.signals.metrics import (
+    exact_match,
+    normalize_answer,
+    parse_number,
+    parse_span,
+    parse_yes_no,
+    score_answer,
+    token_f1,
+)
 
 
 @pytest.mark.parametrize("text, want", [

@@ -8,7 +8,13 @@ import re
 import pytest
 
 from der_pipeline.experts import models
-from der_pipeline.experts.models import ModelNotFoundError, PackagedModel, file_fingerprint, resolve_model_path, sha256_file
+from der_pipeline.experts.models import (
+    ModelNotFoundError,
+    PackagedModel,
+    file_fingerprint,
+    resolve_model_path,
+    sha256_file,
+)
 
 ABC_SHA256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2's test vector
 GOOD = b"GGUF" + bytes(range(60))  # the stand-in model: 64 bytes

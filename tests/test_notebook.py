@@ -1,9 +1,8 @@
 """The walkthrough notebook still runs on the committed artifacts."""
 import nbformat
 import pytest
-from nbclient import NotebookClient
-
 from conftest import REPO
+from nbclient import NotebookClient
 
 NB = REPO / "notebooks" / "walkthrough.ipynb"
 

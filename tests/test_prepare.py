@@ -1,17 +1,16 @@
-import re
 import dataclasses
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import SHARED_DATA
 
 from der_pipeline.artifacts import load_prepared
 from der_pipeline.data.prepare import hotpot_context, prepare, split_of
 from der_pipeline.data.sources import SourceError, read_records
 from der_pipeline.io import SchemaError, read_table
 from der_pipeline.schemas import PREPARED
-
-from conftest import SHARED_DATA
 
 
 def local(p, tmp_path, **datasets):
@@ -67,7 +66,8 @@ def test_hotpot_context_budget_keeps_gold_and_supporting_facts():
             if idx < len(sents):
                 assert sents[idx].strip() in ctx
         if len(ctx) > 1200:  # over budget only when nothing but supporting sentences is left
-            kept = sum(len(" ".join(sents)) for t, sents in rec["context"] if any(t == f[0] for f in rec["supporting_facts"]))
+            kept = sum(len(" ".join(sents)) for t, sents in rec["context"]
+                       if any(t == f[0] for f in rec["supporting_facts"]))
             support_len = sum(len(dict(rec["context"])[t][i]) for t, i in rec["supporting_facts"]
                               if i < len(dict(rec["context"])[t]))
             assert len(ctx) <= support_len + 400, (len(ctx), support_len, kept)
@@ -143,7 +143,8 @@ def test_squad_preparation_keeps_every_gold_answer_and_the_answers_sentence(repo
     start = context.index("1066")
     rec = {"id": "abc", "title": "Old_Castle", "context": context, "question": "when was the castle built",
            "answers": ["1066", "in 1066", "1066"], "answer_starts": [start, start - 3, start]}
-    p = local(repo_params, tmp_path, squad=1).override("paths", source_data=str(_source(tmp_path, "squad/dev.jsonl", [rec])))
+    p = local(repo_params, tmp_path, squad=1).override(
+        "paths", source_data=str(_source(tmp_path, "squad/dev.jsonl", [rec])))
     prepare(p)
     row = load_prepared(p, "squad").to_pylist()[0]
     assert row["qid"] == "squad-abc" and row["question"] == "When was the castle built?"
@@ -289,7 +290,8 @@ def test_a_non_finite_number_reference_is_refused(repo_params, tmp_path, line):
 def test_a_number_reference_of_another_type_is_refused(repo_params, tmp_path):
     for ref in (True, None, [1]):
         p = custom(repo_params, tmp_path, [{"question": "q?", "reference": ref}], answer_type="number")
-        with pytest.raises(SourceError, match=r"mine\.jsonl:1: field 'reference' must be a non-empty string or a number"):
+        with pytest.raises(SourceError,
+                           match=r"mine\.jsonl:1: field 'reference' must be a non-empty string or a number"):
             prepare(p)
     p = custom(repo_params, tmp_path, [{"question": "q?", "reference": 12}], answer_type="span")
     with pytest.raises(SourceError, match=r"mine\.jsonl:1: field 'reference' must be a non-empty string"):

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SHARED_DATA
 
 pytestmark = [pytest.mark.slow, pytest.mark.recipes, pytest.mark.timeout(1800)]

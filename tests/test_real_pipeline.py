@@ -16,18 +16,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-
 import yaml
+from conftest import REPO, SHARED_DATA, make_project
 
 from der_pipeline.artifacts import expected_paths
-from der_pipeline.generate.tree import read_tree
 from der_pipeline.config import load_params
+from der_pipeline.generate.tree import read_tree
 from der_pipeline.io import read_table
 from der_pipeline.router.dataset import build_arrays
-from der_pipeline.tree_store import TreeStore
 from der_pipeline.schemas import CONFIDENCE, EMBEDDINGS, SCORES
-
-from conftest import REPO, SHARED_DATA, make_project
+from der_pipeline.tree_store import TreeStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 # Generation is most of this suite's time, so every dataset has the fewest queries that
@@ -73,8 +71,10 @@ def small_params(raw):
     raw["evaluate"]["alpha_sweep"] = [0.0, 0.4]
     raw["evaluate"]["bootstrap"] = 100
     raw["evaluate"]["mlp_epochs"] = 50
+    raw["budget"].update(shares=[0.5], steps=1)  # the budgets stage: one budget, a short search
     # one reward form and one preset, two states: every kind of ablation row, fewer PPO runs
-    raw["evaluate"]["ablations"].update(reward=["terminal", "der-paper"], state=["query_answer_confidence", "confidence"])
+    raw["evaluate"]["ablations"].update(reward=["terminal", "der-paper"],
+                                        state=["query_answer_confidence", "confidence"])
     raw["evaluate"]["tune"] = {"state": ["query_answer_confidence", "confidence"], "form": ["per_step"],
                                "actions": ["ktp_and_fresh"], "learning_rate": [0.00025, 0.001],
                                "gamma": [0.5]}
@@ -156,6 +156,22 @@ def test_dvc_status_is_clean_after_repro_and_after_rerunning_a_stage(project):
     assert "seconds" not in m  # no timings in tracked outputs
     subprocess.run([sys.executable, "-m", "der_pipeline.cli", "evaluate"], cwd=project, check=True,
                    capture_output=True)
+    assert "up to date" in dvc_status(project).lower()
+
+
+def test_editing_the_findings_marks_only_the_stages_that_run_them(project):
+    """Real DVC on the repro'd project: a one-line edit of evaluate/findings.py changes the stages whose code
+    deps hold it (evaluate onwards), and leaves generation, the signals and training up to date."""
+    path = project / "der_pipeline" / "evaluate" / "findings.py"
+    original = path.read_text()
+    path.write_text(original + "\n# an edit\n")
+    try:
+        status = dvc_status(project)
+    finally:
+        path.write_text(original)
+    changed = {line.rstrip(":").strip() for line in status.splitlines() if line.endswith(":") and line[0] != "\t"}
+    assert {"evaluate", "curves"} <= changed, status
+    assert not changed & {"prepare", "generate", "confidence", "embed", "score", "train"}, status
     assert "up to date" in dvc_status(project).lower()
 
 
@@ -309,7 +325,8 @@ def test_a_bad_value_exits_2_from_the_file_and_from_a_flag(project, tmp_path):
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["reward"]["alpha"] = -1
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
-    from_file = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "train", "--params", str(tmp_path / "bad.yaml")],
+    from_file = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "train", "--params",
+                                str(tmp_path / "bad.yaml")],
                                cwd=project, capture_output=True, text=True)
     from_flag = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "train", "--alpha", "-1"],
                                cwd=project, capture_output=True, text=True)
@@ -344,7 +361,8 @@ def test_dvc_dag_shows_stages_in_order(project):
 
 def test_ask_runs_the_trained_policy_live(project):
     proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "ask", "Is the Eiffel Tower in Paris?",
-                           "--context", "Eiffel Tower: The Eiffel Tower is a wrought-iron lattice tower in Paris, France."],
+                           "--context",
+                           "Eiffel Tower: The Eiffel Tower is a wrought-iron lattice tower in Paris, France."],
                           cwd=project, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -399,7 +417,8 @@ def test_ask_refuses_an_empty_question_and_trims_a_long_context(project):
 
 def test_report_writes_the_readme_section_from_metrics(project):
     readme = project / "README.md"
-    readme.write_text("# x\n\n<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->\nSTALE-PLACEHOLDER\n"
+    readme.write_text("# x\n\n<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->\n"
+                      "STALE-PLACEHOLDER\n"
                       "<!-- results:end -->\n\ntail\n")
     check = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "report", "--check"], cwd=project,
                            capture_output=True, text=True)

@@ -2,13 +2,12 @@
 query down exactly the path its offline ``route`` gives (so serving a router is serving what was evaluated)."""
 import numpy as np
 import pytest
+from conftest import synthetic_tree
 
 from der_pipeline.router.arrays import path_index
 from der_pipeline.router.env import path_actions
 from der_pipeline.router.methods import LiveState
 from der_pipeline.router.registry import ROUTERS, UnknownRouterError, make_router, router_ids, servable_ids
-
-from conftest import synthetic_tree
 
 
 def _pool(repo_params, n):

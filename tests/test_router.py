@@ -4,16 +4,20 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
+from conftest import ppo_cfg, reward_cfg, synthetic_tree
 
 from der_pipeline.router.arrays import cost_scale
 from der_pipeline.router.env import TreeEnv, VectorTreeEnv
-from der_pipeline.router.methods import (FixedPath, KNNRouter, MLPRouter, Oracle, PolicyRouter, RandomRouter,
-                                        SelfCorrectionBest)
+from der_pipeline.router.methods import (
+    FixedPath,
+    KNNRouter,
+    MLPRouter,
+    Oracle,
+    PolicyRouter,
+    RandomRouter,
+    SelfCorrectionBest,
+)
 from der_pipeline.router.selection import train_ppo
-
-from conftest import ppo_cfg, reward_cfg, synthetic_tree
-
 
 # With N = 2 experts the actions are: 0, 1 answer afresh (expert 0 / 1); 2, 3 refine (KTP) by expert 0 / 1;
 # 4 STOP.
@@ -221,6 +225,7 @@ def test_fixed_baselines_match_hand_computed_values():
 
 def _params_with(**reward):
     from conftest import REPO
+
     from der_pipeline.config import load_params
 
     return load_params(REPO / "params.yaml").override("reward", **reward)
@@ -425,9 +430,8 @@ def test_train_keeps_the_best_fixed_path_where_the_policy_does_not_beat_it(tmp_p
     """Expert 0 is always right and the cheapest: no policy can beat answering with it, so the fallback keeps
     that path (saved and loaded as such, the learned weights beside it); ``fallback: none`` keeps the
     folds' policies."""
-    from der_pipeline.router.checkpoint import load_policy
+    from der_pipeline.router.checkpoint import load_policy, save_policy
     from der_pipeline.router.selection import FixedPathPolicy, FoldEnsemble
-    from der_pipeline.router.checkpoint import save_policy
 
     t = synthetic_tree(n_queries=60, n_experts=3, good=0)
     cfg = reward_cfg(signal="task", form="terminal", alpha=0.1)
@@ -450,10 +454,9 @@ def test_train_keeps_the_best_fixed_path_where_the_policy_does_not_beat_it(tmp_p
 
 
 def test_fold_ensemble_averages_its_members_action_probabilities(tmp_path, repo_params):
-    from der_pipeline.router.checkpoint import load_policy
+    from der_pipeline.router.checkpoint import load_policy, save_policy
     from der_pipeline.router.ppo import Agent
     from der_pipeline.router.selection import FoldEnsemble
-    from der_pipeline.router.checkpoint import save_policy
 
     torch.manual_seed(0)
     members = [Agent(5, 4, hidden=8) for _ in range(3)]
@@ -675,9 +678,8 @@ def test_out_of_fold_scores_each_folds_policy_on_its_own_held_out_queries():
 
 
 def test_the_kept_policy_carries_its_out_of_fold_operating_point(tmp_path, repo_params):
-    from der_pipeline.router.checkpoint import load_policy
+    from der_pipeline.router.checkpoint import load_policy, save_policy
     from der_pipeline.router.selection import cross_validate
-    from der_pipeline.router.checkpoint import save_policy
 
     t = synthetic_tree(n_queries=64, n_experts=3, good=0)
     cfg = reward_cfg(signal="task", form="per_step", alpha=0.5, beta=0.5, gamma=0.5, p0=0.5)
@@ -772,9 +774,9 @@ def test_a_corrupt_or_foreign_file_names_itself_and_how_to_retrain(tmp_path, con
 
 
 def test_every_committed_checkpoint_loads_as_data_only():
-    from der_pipeline.router.checkpoint import load_policy
-
     from conftest import REPO
+
+    from der_pipeline.router.checkpoint import load_policy
 
     paths = sorted(REPO.glob("models/*/seed-*/policy.pt"))
     assert len(paths) >= 30

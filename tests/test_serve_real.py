@@ -12,24 +12,24 @@ import httpx2 as httpx
 import openai
 import pytest
 import yaml
-
-from der_pipeline.generate.tree import load_tree
-from der_pipeline.evaluate.common import load_split, saved_policies
-from der_pipeline.router.methods import greedy_paths
-
 from conftest import PortTaken, free_port, on_free_port, wait_until
+
+from der_pipeline.evaluate.common import load_split, saved_policies
+from der_pipeline.generate.tree import load_tree
+from der_pipeline.router.methods import greedy_paths
 
 REPO = Path(__file__).resolve().parents[1]
 # the module's server loads the real experts before it listens (up to `start`'s 600 s), then answers for real
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
-def start(params: Path, timeout=600):
+def start(params: Path, timeout=600, extra=()):
     """`der-pipeline serve` on a probed port (its --port cannot be 0), started again on another when the port
     turns out to be taken (conftest.on_free_port); a TimeoutError when /health does not answer within ``timeout``."""
     def attempt(port):
         proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "serve", "-d", "boolq", "--port", str(port),
-                                 "--params", str(params)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 "--params", str(params), *extra], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT,
                                 text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         base = f"http://127.0.0.1:{port}"
 
@@ -89,9 +89,60 @@ def tree_answers(repo_params):
     return out
 
 
+LEARNED_ALPHA = 0.3  # with the query-reading state, BoolQ's learned policy routes test queries five ways here
+
+
 @pytest.fixture(scope="module")
-def server():
-    proc, base = start(REPO / "params.yaml")
+def learned(tmp_path_factory, repo_params):
+    """A policy that really routes: trained here on the committed BoolQ tree with the fallback off
+    (`ppo.fallback: none`; every committed policy is the fixed-path fallback, which routes a constant), at an
+    alpha of its own so the server serves it as der:<alpha>; and, for every test query, the path its greedy
+    routing takes in the committed tree."""
+    from der_pipeline.router.live import Policy
+
+    root = tmp_path_factory.mktemp("learned")
+    cfg = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg["paths"] = {k: str((REPO / v).resolve()) for k, v in cfg["paths"].items()}
+    cfg["ppo"]["fallback"] = "none"
+    (root / "params.yaml").write_text(yaml.safe_dump(cfg))
+    subprocess.run([sys.executable, "-m", "der_pipeline.cli", "train", "-d", "boolq", "--params",
+                    str(root / "params.yaml"), "--alpha", str(LEARNED_ALPHA), "--state", "query_answer_confidence",
+                    "--seed", "1", "--out", str(root)],
+                   cwd=REPO, check=True, capture_output=True, timeout=900)
+    path = root / "boolq" / "seed-1" / "policy.pt"
+    p = repo_params.override("reward", alpha=LEARNED_ALPHA)
+    split = load_split(p, "boolq")
+    policy = Policy.load(path, split.test.experts)
+    idx = greedy_paths(policy.agent, split.test, split.scale, p.reward, policy.state)
+    names = split.test.path_names()
+    margin = decision_margins(policy, split, p)
+    return path, {qid: names[int(i)] for qid, i, m in zip(split.test.qids, idx, margin) if m > 0.02}
+
+
+def decision_margins(policy, split, p):
+    """Per test query, the smaller of the greedy policy's two decisions' margins (top probability minus the
+    next): a live embedding differs from the embed stage's in the last bits, which may flip a near-tie, so
+    the test asks only questions the policy decides clearly."""
+    import torch
+
+    from der_pipeline.router.env import VectorTreeEnv
+
+    env = VectorTreeEnv(split.test, p.reward, num_envs=split.test.n_queries, scale=split.scale, autoreset=False,
+                        state=policy.state)
+    obs, mask = env.reset(torch.arange(split.test.n_queries))
+    margins = []
+    for _ in range(2):
+        with torch.no_grad():
+            probs = torch.softmax(policy.agent.masked_logits(obs, mask), dim=1)
+        top = probs.topk(2, dim=1).values
+        margins.append(top[:, 0] - top[:, 1])
+        obs, mask, _, _, _ = env.step(probs.argmax(dim=1))
+    return torch.minimum(*margins).numpy()
+
+
+@pytest.fixture(scope="module")
+def server(learned):
+    proc, base = start(REPO / "params.yaml", extra=["--policy", str(learned[0])])
     yield openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600), base
     log = stop(proc)
     assert "POST /v1/chat/completions 200" in log and "path=" in log  # one line per request
@@ -166,3 +217,25 @@ def test_an_unreachable_expert_gives_502_naming_it(tmp_path, repo_params):
         assert httpx.get(f"{base}/health").status_code == 200
     finally:
         stop(proc)
+
+
+def test_a_learned_policy_routes_live_as_it_routes_in_the_tree(server, learned, repo_params):
+    """The learned policy's live path, through the real experts, is its greedy path in the committed tree, for
+    test questions that it routes differently (a two-call path among them, where the tree has one)."""
+    client = server[0]
+    paths = learned[1]
+    prepared, _ = load_tree(repo_params, "boolq")
+    queries = {r["qid"]: r for r in prepared.to_pylist()}
+    chosen, seen = [], set()
+    for qid, path in sorted(paths.items(), key=lambda kv: (">" not in kv[1], kv[0])):  # two-call paths first
+        if path not in seen:
+            chosen.append((qid, path))
+            seen.add(path)
+        if len(chosen) == 3:
+            break
+    assert len(set(paths.values())) > 1, "the learned policy routes every test query alike"
+    for qid, path in chosen:
+        q = queries[qid]
+        r = client.chat.completions.create(model=f"der:{LEARNED_ALPHA:g}", messages=[{"role": "user",
+                                           "content": q["question"]}], extra_body={"context": q["context"]})
+        assert r.model_extra["der"]["path"] == path, qid

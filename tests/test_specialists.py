@@ -8,10 +8,10 @@ from conftest import edited_params, small_source_project
 from fakes import FakeBackend
 
 from der_pipeline import artifacts
-from der_pipeline.generate import tree as tree_reading
 from der_pipeline.config import ConfigError
 from der_pipeline.data.prepare import prepare
 from der_pipeline.experts.keys import gguf_fingerprint
+from der_pipeline.generate import tree as tree_reading
 from der_pipeline.generate.run import generate_dataset
 from der_pipeline.router.arrays import TreeArrays, concat_arrays
 

@@ -3,16 +3,15 @@ current nodes. Fast: the fake backend stands in for the engine; the real-model p
 import json
 
 import pytest
-
-from der_pipeline import artifacts
-from der_pipeline.generate import tree as tree_reading
-from der_pipeline.data.prepare import prepare
-from der_pipeline.experts import prompts as prompts_module
-from der_pipeline.generate.run import generate_dataset
-from der_pipeline.tree_store import CorruptShardError, TreeStore
-
 from conftest import edited_params, small_source_project
 from fakes import FakeBackend
+
+from der_pipeline import artifacts
+from der_pipeline.data.prepare import prepare
+from der_pipeline.experts import prompts as prompts_module
+from der_pipeline.generate import tree as tree_reading
+from der_pipeline.generate.run import generate_dataset
+from der_pipeline.tree_store import CorruptShardError, TreeStore
 
 N = 3  # queries per dataset: every node of 3 x 20 is checked
 

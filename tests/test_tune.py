@@ -1,12 +1,11 @@
 """The tune stage on a synthetic tree: every candidate scored out of fold on the whole train split, the best
 named; a train split too small for its folds is skipped with its reason."""
 import pytest
+from conftest import synthetic_tree
 
 from der_pipeline.evaluate import tune as tune_module
 from der_pipeline.evaluate.common import DatasetSplit
 from der_pipeline.router.arrays import cost_scale
-
-from conftest import synthetic_tree
 
 
 def fake_split(n):

@@ -4,10 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_cli, small_source_project
 
 from der_pipeline.writer_lock import LOCK_NAME, StoreBusyError, exclusive_writer
-
-from conftest import run_cli, small_source_project
 
 HOLD = """
 import sys, time

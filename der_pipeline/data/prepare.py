@@ -11,7 +11,6 @@ import random
 import re
 from pathlib import Path
 
-
 from der_pipeline.artifacts import prepared_path
 from der_pipeline.config import Params
 from der_pipeline.data.sources import SOURCES, SourceError, read_custom, read_records

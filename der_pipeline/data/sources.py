@@ -183,7 +183,8 @@ def read_records(source_dir: Path, dataset: str, train: bool = False,
         if dataset == "gsm8k" and "####" not in rec["answer"]:
             raise SourceError(f"{path}:{lineno}: field 'answer' has no '#### <number>' final answer")
         if dataset == "sst2" and rec["label"] not in (0, 1):
-            raise SourceError(f"{path}:{lineno}: field 'label' is {rec['label']}, expected 0 (negative) or 1 (positive)")
+            raise SourceError(f"{path}:{lineno}: field 'label' is {rec['label']}, "
+                              "expected 0 (negative) or 1 (positive)")
         if dataset == "squad":
             _check_squad(rec, path, lineno)
         yield lineno, rec

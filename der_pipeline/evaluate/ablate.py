@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from der_pipeline.artifacts import dataset_params, results_dir
 from der_pipeline.config import Params
-from der_pipeline.artifacts import results_dir, dataset_params
-from der_pipeline.evaluate.common import DatasetSplit, der_policies, load_split, public, summarize, with_ppo, with_reward
+from der_pipeline.evaluate.common import (
+    DatasetSplit,
+    der_policies,
+    load_split,
+    public,
+    summarize,
+    with_ppo,
+    with_reward,
+)
 from der_pipeline.io import atomic_write_bytes, write_json
 
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from der_pipeline.artifacts import dataset_params, policy_path
-from der_pipeline.router.checkpoint import load_policy
 from der_pipeline.config import Params
 from der_pipeline.evaluate.stats import bootstrap_ci, mean_std
 from der_pipeline.router.arrays import TreeArrays, cost_scale, split_arrays
+from der_pipeline.router.checkpoint import load_policy
 from der_pipeline.router.dataset import build_arrays
 from der_pipeline.router.methods import PolicyRouter
 from der_pipeline.router.selection import train_ppo

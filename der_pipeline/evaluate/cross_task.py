@@ -17,8 +17,8 @@ import logging
 
 import numpy as np
 
-from der_pipeline.config import Params
 from der_pipeline.artifacts import results_dir
+from der_pipeline.config import Params
 from der_pipeline.evaluate.common import load_split, public, saved_policies, summarize
 from der_pipeline.evaluate.names import method_label, single_id
 from der_pipeline.io import atomic_write_bytes, write_json
@@ -43,11 +43,16 @@ def cross_task(p: Params) -> str:
     mixed_train = concat_arrays([s.train for s in splits.values()])
     scale = cost_scale(mixed_train)
     mixed = [train_ppo(mixed_train, p.reward, p.ppo, seed=s, scale=scale)[0] for s in p.seeds]
+    seeing = p.override("ppo", state=p.evaluate.cross_task_query_state)  # the one that sees what the query is
+    mixed_query = [train_ppo(mixed_train, seeing.reward, seeing.ppo, seed=s, scale=scale)[0] for s in p.seeds]
 
     names = p.expert_names()
     rows: dict[str, dict[str, dict]] = {}  # method -> dataset (or "all") -> metrics
     per_query: dict[str, list[np.ndarray]] = {}
-    methods = {"der_cross_task": lambda split: [PolicyRouter(a, scale, p.reward, "der_cross_task", state=p.ppo.state) for a in mixed],
+    methods = {"der_cross_task": lambda split: [PolicyRouter(a, scale, p.reward, "der_cross_task", state=p.ppo.state)
+                                                for a in mixed],
+               "der_cross_task_query": lambda split: [PolicyRouter(a, scale, p.reward, "der_cross_task_query",
+                                                                   state=seeing.ppo.state) for a in mixed_query],
                "der_per_task": lambda split: saved_policies(p, split)}
     methods.update({single_id(e): (lambda split, e=e: [FixedPath(single_id(e), names, [e])]) for e in names})
     pooled_cascade = make_router("cascade", p).fit(mixed_train, p)

@@ -23,13 +23,13 @@ import numpy as np
 from der_pipeline.artifacts import dataset_params, results_dir
 from der_pipeline.config import Params
 from der_pipeline.data.sources import answer_type_of
+from der_pipeline.evaluate.aggregate import merge_aggregate_csv
 from der_pipeline.evaluate.common import der_policies, load_split, with_reward
 from der_pipeline.evaluate.findings import GOAL_COST_SHARE
 from der_pipeline.evaluate.frontier import aiq, apgr, cpt
 from der_pipeline.evaluate.names import expert_of, method_label
 from der_pipeline.evaluate.run import METRIC_LABEL
 from der_pipeline.evaluate.stats import mean_std, paired_bootstrap
-from der_pipeline.evaluate.aggregate import merge_aggregate_csv
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.arrays import TreeArrays
 from der_pipeline.router.registry import PRICED, baseline_routers, make_router
@@ -86,7 +86,8 @@ def curves_dataset(p: Params, dataset: str) -> tuple[dict, list[dict]]:
     for name, v in fixed.items():
         methods[name] = {**_rounded(metrics_of([v["point"]])), "points": [[round(x, 4) for x in v["point"]]],
                          "bound": v["bound"]}
-    out = {"dataset": dataset, "metric": METRIC_LABEL[TASK_METRIC[answer_type_of(p, dataset)]], "test_queries": test.n_queries,
+    out = {"dataset": dataset, "metric": METRIC_LABEL[TASK_METRIC[answer_type_of(p, dataset)]],
+           "test_queries": test.n_queries,
            "alpha_sweep": p.evaluate.alpha_sweep, "seeds": p.seeds, "c_max": round(c_max, 4),
            "weak": weak_name, "strong": strong_name,
            "round_robin_order": p.evaluate.round_robin_order, "methods": methods,
@@ -135,8 +136,8 @@ def goal_operating_point(p: Params, split, der_at: dict[float, list]) -> dict | 
     policies on their held-out folds (``CrossValidation.out_of_fold``, with the share of those policies that
     route every held-out query the same way). Among the alphas whose out-of-fold
     cost is at most GOAL_COST_SHARE x c_s, the one with the highest out-of-fold score is kept (a tie, to 4
-    decimals, goes to the lower cost). None where a policy was not cross-validated (``ppo.selection_folds`` < 2); no alpha
-    (``alpha`` None) where none keeps the cost within the budget. The verdict: DER's test score (per query,
+    decimals, goes to the lower cost). None where a policy was not cross-validated (``ppo.selection_folds`` < 2);
+    no alpha (``alpha`` None) where none keeps the cost within the budget. The verdict: DER's test score (per query,
     the mean over seeds) against the same expert's, with the paired bootstrap of the difference, and DER's
     mean test cost as a share of that expert's."""
     train, test = split.train, split.test

@@ -140,8 +140,10 @@ def _goal_bound(bound: dict) -> str:
     how = (f"({b['first']} first, {b['escalated_share']:.0%} of queries escalated on its {b['signal']}) scores "
            f"{b['score']:.3f} against its {bound['strong_score']:.3f} at {b['cost_share']:.0%} of its cost")
     if gap >= 0:
-        return head + how + ": the goal is within the signals' reach on the queries it is fitted on (an optimistic bound)."
-    return head + how + f": {-gap:.3f} short even when fitted on the queries it is scored on, so the confidence signals alone cannot reach the goal here."
+        return head + how + (": the goal is within the signals' reach on the queries it is fitted on "
+                             "(an optimistic bound).")
+    return head + how + (f": {-gap:.3f} short even when fitted on the queries it is scored on, "
+                         "so the confidence signals alone cannot reach the goal here.")
 
 
 def _utility(out: dict, der: dict, fixed: dict) -> str:
@@ -224,12 +226,14 @@ def _ablation_findings(ablations: dict) -> list[str]:
                      f"{term['refine_rate']:.0%} ({term['accuracy']:.3f} at {term['calls']:.2f} calls).")
     states = [(k[1], r) for k, r in rows.items() if k[0] == "state"]
     if states:
-        lines.append("State: " + "; ".join(f"{name} {r['accuracy']:.3f} at {r['cost_norm']:.3f} cost" for name, r in states)
+        lines.append("State: " + "; ".join(f"{name} {r['accuracy']:.3f} at {r['cost_norm']:.3f} cost"
+                                           for name, r in states)
                      + ".")
     ev = ablations.get("bertscore_evidence") or {}
     cuts = [k.removeprefix("wrong_at_or_above_") for k in ev if k.startswith("wrong_at_or_above_")]
     if cuts:
-        shares = "; ".join(f"{_share(ev['wrong_at_or_above_' + t])} of wrong and {_share(ev['right_at_or_above_' + t])} "
+        shares = "; ".join(f"{_share(ev['wrong_at_or_above_' + t])} of wrong and "
+                           f"{_share(ev['right_at_or_above_' + t])} "
                            f"of right answers reach {t}" for t in cuts)
         rho = ev.get("spearman_with_task")
         lines.append(f"BERTScore as P (all {ev['nodes']} train nodes): {shares}"

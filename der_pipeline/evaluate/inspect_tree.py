@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from der_pipeline.artifacts import dataset_params, expected_paths, load_scores
 from der_pipeline.config import Params
-from der_pipeline.artifacts import expected_paths, load_scores, dataset_params
 from der_pipeline.generate.tree import read_tree
 
 

@@ -10,6 +10,7 @@ show names. Ids:
     best_fixed, cascade        the best constant path, and a FrugalGPT / AutoMix-style confidence cascade
     der                        the trained DER policy (params' reward)
     der_cross_task, der_per_task   one policy for all tasks / one per task (the cross-task table)
+    der_cross_task_query       the one policy for all tasks that also sees the query's answer type
     task_aware                 the cross-task table's best single expert per task, chosen on its train split
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ FIXED = {
     "oracle": "oracle (upper bound)",
     "task_aware": "best expert per task (on its train split)",
     "der_cross_task": "DER, one policy for all tasks",
+    "der_cross_task_query": "DER, one policy for all tasks, seeing the answer type",
     "der_per_task": "DER, one policy per task",
 }
 

@@ -7,15 +7,15 @@ Claims are checked with a paired bootstrap over the same test queries.
 """
 from __future__ import annotations
 
-from der_pipeline.artifacts import load_train_summary, results_dir, dataset_params
+from der_pipeline.artifacts import dataset_params, load_train_summary, results_dir
 from der_pipeline.config import Params
 from der_pipeline.data.sources import answer_type_of
+from der_pipeline.evaluate.aggregate import merge_aggregate_json
 from der_pipeline.evaluate.common import load_split, public, saved_policies, summarize
+from der_pipeline.evaluate.findings import GOAL_COST_SHARE
 from der_pipeline.evaluate.names import expert_of, method_label
 from der_pipeline.evaluate.stats import auroc, paired_bootstrap
-from der_pipeline.evaluate.aggregate import merge_aggregate_json
 from der_pipeline.io import atomic_write_bytes, write_json
-from der_pipeline.evaluate.findings import GOAL_COST_SHARE
 from der_pipeline.router.methods import CASCADE_SIGNALS, Router, cascade_bound
 from der_pipeline.router.registry import baseline_routers, make_router
 from der_pipeline.signals.metrics import TASK_METRIC
@@ -151,7 +151,8 @@ def evaluate(p: Params, datasets: list[str]) -> dict[str, str]:
         summary[ds] = {"test_queries": out["test_queries"], "der_accuracy": der["accuracy"],
                        "der_accuracy_std": der["accuracy_std"], "der_calls": der["calls"],
                        "der_cost_norm": der["cost_norm"], "round_robin_accuracy": rr["accuracy"],
-                       "round_robin_cost_norm": rr["cost_norm"], "best_single_accuracy": m[out["best_single"]]["accuracy"],
+                       "round_robin_cost_norm": rr["cost_norm"],
+                       "best_single_accuracy": m[out["best_single"]]["accuracy"],
                        "mlp_accuracy": m["mlp"]["accuracy"], "knn_accuracy": m["knn"]["accuracy"],
                        "oracle_accuracy": m["oracle"]["accuracy"]}
     merge_aggregate_json(p, p.path("metrics") / "metrics.json", summary)

@@ -20,16 +20,15 @@ import itertools
 
 import numpy as np
 
-from der_pipeline.artifacts import results_dir, dataset_params
+from der_pipeline.artifacts import dataset_params, results_dir
 from der_pipeline.config import Params
 from der_pipeline.evaluate.common import load_split
 from der_pipeline.evaluate.stats import mean_std
 from der_pipeline.io import atomic_write_bytes, write_json
+from der_pipeline.router.arrays import TreeArrays, concat_arrays
 from der_pipeline.router.methods import PolicyRouter
 from der_pipeline.router.registry import make_router
-from der_pipeline.router.arrays import TreeArrays, concat_arrays
 from der_pipeline.router.selection import cross_validate, selection_folds
-
 
 SETTINGS = ("state", "form", "actions", "learning_rate", "gamma")
 
@@ -68,7 +67,7 @@ def tune_dataset(p: Params, dataset: str) -> dict:
         per_seed = []
         for seed in p.seeds:
             cv = cross_validate(split.train, q.reward, q.ppo, seed=seed, scale=split.scale)
-            w, held = _out_of_fold(cv.folds, lambda i, fit, val: PolicyRouter(
+            w, held = _out_of_fold(cv.folds, lambda i, fit, val, cv=cv, q=q: PolicyRouter(
                 cv.agents[i], split.scale, q.reward, state=q.ppo.state).route(val))
             per_seed.append(_utility(w, held, split.scale, alpha))
         score, cost, util = (mean_std([x[k] for x in per_seed]) for k in range(3))
@@ -103,7 +102,8 @@ def render_tune(out: dict, current: dict) -> str:
                      f"{r['gamma']:g} | {r['val_score']:.3f} | "
                      f"{r['val_cost_norm']:.3f} | {r['val_utility']:.3f} ± {r['val_utility_std']:.3f} |")
     f = out["best_fixed_path"]
-    lines += ["", f"Each row: DER cross-validated over {out['folds']} folds of the train split's {out['train_queries']} "
+    lines += ["", f"Each row: DER cross-validated over {out['folds']} folds of the train split's "
+              f"{out['train_queries']} "
               f"queries (seeds {out['seeds']}): every query scored by the policy of the fold that held it out, at "
               f"alpha = {out['alpha']:g}; the test split is not used. For reference, the best constant path "
               f"chosen on the other folds scores {f['val_score']:.3f} at cost {f['val_cost_norm']:.3f} "
@@ -132,7 +132,8 @@ def pooled(tuned: dict[str, dict]) -> dict | None:
     for k in keys:
         short = {ds: max(u.values()) - u[k] for ds, u in util.items()}
         worst = max(short, key=short.get)
-        rows.append({**dict(zip(SETTINGS, k)), "mean_val_utility": round(float(np.mean([u[k] for u in util.values()])), 4),
+        rows.append({**dict(zip(SETTINGS, k)),
+                     "mean_val_utility": round(float(np.mean([u[k] for u in util.values()])), 4),
                      "worst_shortfall": round(short[worst], 4), "worst_dataset": worst})
     best = max(rows, key=lambda r: r["mean_val_utility"])  # max keeps the first of a tie
     return {"datasets": list(done), "rows": rows, "best": {k: best[k] for k in SETTINGS}}

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from der_pipeline.config import ExpertSpec, GenerationConfig
-from der_pipeline.experts.confidence import (AnswerConfidence, answer_confidence, confidence_after,
-                                             from_token_logprobs)
+from der_pipeline.experts.confidence import AnswerConfidence, answer_confidence, confidence_after, from_token_logprobs
 from der_pipeline.experts.keys import served_model_id
 from der_pipeline.experts.models import ModelNotFoundError, expert_model_path
 from der_pipeline.experts.prompts import Prompt
@@ -453,7 +452,8 @@ class VLLMBackend(Backend):
         text_idx = [i for i, p in enumerate(prompts) if p.kind != "chat"]
         results: dict[int, object] = {}
         if chat_idx:
-            outs = llm.chat([list(prompts[i].messages) for i in chat_idx], [params[i] for i in chat_idx], use_tqdm=False)
+            outs = llm.chat([list(prompts[i].messages) for i in chat_idx], [params[i] for i in chat_idx],
+                            use_tqdm=False)
             results.update(zip(chat_idx, outs))
         if text_idx:  # tokenised here, with BOS where llama.cpp puts it (the converted tokenizer may not)
             tok = llm.get_tokenizer()

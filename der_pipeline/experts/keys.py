@@ -33,7 +33,7 @@ def served_model_id(expert: ExpertSpec) -> str:
     return expert.source.removeprefix("openai:") if expert.source.startswith("openai:") else expert.name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gguf_fingerprint(expert: ExpertSpec) -> str:
     """'sha256:<first 16 hex digits>' of an expert's GGUF (the package's pinned hash, which loading verifies,
     when it has one; otherwise the file's own hash, memoised)."""

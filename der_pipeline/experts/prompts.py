@@ -61,7 +61,8 @@ FEW_SHOT = {
     ],
     "summary": [
         ("The city council approved a new park on Monday. Work will start in spring and cost 2 million pounds.",
-         "Summarise the article in one sentence.", "A new park costing 2 million pounds was approved by the city council.",
+         "Summarise the article in one sentence.",
+         "A new park costing 2 million pounds was approved by the city council.",
          "The council met on Monday."),
     ],
     "sentiment": [

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from der_pipeline.artifacts import expected_paths, load_prepared, tree_dir, dataset_params
-from der_pipeline.generate.tree import current_nodes
+from der_pipeline.artifacts import dataset_params, expected_paths, load_prepared, tree_dir
 from der_pipeline.config import ExpertSpec, Params
 from der_pipeline.experts.backends import Backend, EngineOnFirstUse, make_backend
 from der_pipeline.experts.confidence import AnswerConfidence
 from der_pipeline.experts.keys import NodeKeys
+from der_pipeline.generate.tree import current_nodes
 from der_pipeline.resumable import BufferedWriter
 from der_pipeline.schemas import join_path
 from der_pipeline.tree_store import TreeStore
@@ -166,7 +166,8 @@ def _jobs(batch: list[dict], expert: ExpertSpec, hop: int, experts: list[ExpertS
             yield Job(q, expert, parent, parent_answer)
 
 
-def generate(p: Params, datasets: list[str] | None = None, limit: int | None = None, progress: bool = True) -> list[dict]:
+def generate(p: Params, datasets: list[str] | None = None, limit: int | None = None,
+             progress: bool = True) -> list[dict]:
     """Every dataset with its own engine (``Params.backend_for``): each engine started once, at the first node
     it has to make (none for a complete tree), and closed at the end."""
     engines: dict[str, Backend] = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from der_pipeline.config import RewardConfig
+from der_pipeline.config import ANSWER_TYPES, RewardConfig
 from der_pipeline.schemas import SECONDARY_METRICS, join_path
 
 
@@ -45,6 +45,7 @@ class TreeArrays:
     sec1: np.ndarray  # [Q, N, K] secondary metrics (SECONDARY_METRICS) of the hop-1 answers; NaN: none
     sec2: np.ndarray  # [Q, N, N, K]
     params_b: tuple[float, ...] = ()  # each expert's parameters in billions (the `params` cost unit)
+    q_task: np.ndarray | None = None  # [Q, len(ANSWER_TYPES)] one-hot of the query's answer type (its prompt)
 
     @property
     def n_paths(self) -> int:
@@ -58,7 +59,7 @@ class TreeArrays:
     def n_experts(self) -> int:
         return len(self.experts)
 
-    def subset(self, idx: np.ndarray | list[int]) -> "TreeArrays":
+    def subset(self, idx: np.ndarray | list[int]) -> TreeArrays:
         idx = np.asarray(idx, dtype=np.int64)
         fields = {k: v[idx] for k, v in self.__dict__.items() if isinstance(v, np.ndarray)}
         return replace(self, qids=[self.qids[i] for i in idx], **fields)
@@ -108,6 +109,15 @@ def yes_margin(yes_prob):
     0 where the answer is not yes/no, whose P(yes) reads 0.5). P(yes) itself is not monotone in certainty,
     and a small policy network learns a threshold on this far more easily than a bump around 0.5."""
     return abs(2 * yes_prob - 1)
+
+
+def task_features(answer_types: list[str]) -> np.ndarray:
+    """[Q, len(ANSWER_TYPES)] one-hot of each query's answer type: what a request always knows (it picks the
+    prompt and the parser), and few enough values that a policy cannot memorise queries by it."""
+    out = np.zeros((len(answer_types), len(ANSWER_TYPES)), np.float32)
+    for i, a in enumerate(answer_types):
+        out[i, ANSWER_TYPES.index(a)] = 1.0
+    return out
 
 
 def conf_features(row: dict | None) -> list[float]:

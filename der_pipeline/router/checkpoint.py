@@ -36,6 +36,10 @@ FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "embedder": ((str,), False),
     "out_of_fold": ((dict,), True),  # the train split's cross-validated operating point of the policy kept
 }
+# Fields a checkpoint may lack (those written before the field existed), with their meaning when absent.
+OPTIONAL: dict[str, tuple[tuple[type, ...], object]] = {
+    "cost_share": ((float,), None),  # fitted to a budget (router/budget.py): the share of the reference's cost
+}
 
 
 def _retrain_hint(path: Path) -> str:
@@ -45,7 +49,8 @@ def _retrain_hint(path: Path) -> str:
 
 
 def save_policy(agent, path: Path, *, experts: list[str], scale: float, p: Params, obs_dim: int, seed: int,
-                out_of_fold: dict | None = None, fixed_path_check: dict | None = None) -> None:
+                out_of_fold: dict | None = None, fixed_path_check: dict | None = None,
+                cost_share: float | None = None) -> None:
     """The policy and what it was trained with; ``out_of_fold``: the train split's cross-validated
     operating point of the policy kept (None without cross-validation). A ``FixedPathPolicy`` is saved as
     the learned policy it stands in for plus ``fixed_path`` (the path's flat index; None: the learned
@@ -65,6 +70,8 @@ def save_policy(agent, path: Path, *, experts: list[str], scale: float, p: Param
             "hidden": learned.hidden, "experts": experts, "cost_scale": scale,
             "reward": dataclasses.asdict(p.reward), "ppo": dataclasses.asdict(p.ppo),
             "embedder": p.signals.embedder, "out_of_fold": out_of_fold}
+    if cost_share is not None:
+        ckpt["cost_share"] = float(cost_share)
     check_fields(ckpt, path)
     torch.save(ckpt, tmp)
     tmp.replace(path)
@@ -83,6 +90,14 @@ def check_fields(ckpt: Any, path: Path) -> dict:
         if isinstance(value, bool) or not isinstance(value, types):
             raise CheckpointError(f"{path}: field '{name}' holds a {type(value).__name__}, expected "
                                   f"{' or '.join(t.__name__ for t in types)}; {_retrain_hint(path)}")
+    for name, (types, absent) in OPTIONAL.items():
+        value = ckpt.setdefault(name, absent)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            raise CheckpointError(f"{path}: field '{name}' holds a {type(value).__name__}; {_retrain_hint(path)}")
+    unknown = sorted(set(ckpt) - set(FIELDS) - set(OPTIONAL))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown field '{unknown[0]}' (not a der-pipeline policy checkpoint, or "
+                              f"one from a newer version); {_retrain_hint(path)}")
     return ckpt
 
 

@@ -7,7 +7,7 @@ from der_pipeline.artifacts import dataset_params, load_confidence, load_embeddi
 from der_pipeline.config import Params
 from der_pipeline.experts.cost import call_cost
 from der_pipeline.generate.tree import load_tree
-from der_pipeline.router.arrays import CONF_FEATURES, TreeArrays, conf_features
+from der_pipeline.router.arrays import CONF_FEATURES, TreeArrays, conf_features, task_features
 from der_pipeline.schemas import SECONDARY_METRICS, split_path
 
 
@@ -85,5 +85,6 @@ def build_arrays(p: Params, dataset: str) -> tuple[TreeArrays, list[str]]:
                          f"`der-pipeline confidence` (resumable)")
     q_emb = np.stack([emb[(q, "")] for q in qids]).astype(np.float32)
     arrays = TreeArrays(qids=qids, experts=names, q_emb=q_emb, a1_emb=a1, a2_emb=a2, **arr, conf1=conf1,
-                        sec1=sec[1], sec2=sec[2], params_b=tuple(e.params_b for e in p.experts))
+                        sec1=sec[1], sec2=sec[2], params_b=tuple(e.params_b for e in p.experts),
+                        q_task=task_features(prepared["answer_type"].to_pylist()))
     return arrays, prepared["split"].to_pylist()

@@ -5,6 +5,9 @@ State s_t (``ppo.state``):
     query_answer_confidence  [emb(Q), emb(A_{t-1}), conf(A_{t-1}), one-hot step, one-hot last expert]
     query                    [emb(Q), zeros, one-hot step, one-hot last expert]   (the ablation: no answer seen)
     confidence               [conf(A_{t-1}), one-hot step, one-hot last expert]   (no embeddings to memorise)
+    confidence_task          [conf(A_{t-1}), one-hot answer type, one-hot step, one-hot last expert]
+                             (what the query is, for one policy over several tasks, in a form too coarse to
+                             memorise a query by; the request knows it: it picks the prompt)
 with zeros for A at t = 0 and conf(A) the expert's own confidence features (arrays.CONF_FEATURES).
 
 Actions, for N experts: 0..N-1 ask expert j for an answer of its own (at t = 0 the first answer; at
@@ -29,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from der_pipeline.config import RewardConfig
+from der_pipeline.config import ANSWER_TYPES, RewardConfig
 from der_pipeline.router.arrays import TreeArrays, call_costs, cost_scale
 
 T_MAX = 2  # expert calls per episode: the depth of the precomputed tree (N answers, N x N refinements)
@@ -53,22 +56,28 @@ def terminal_reward(cfg: RewardConfig, p_final: torch.Tensor, cost_sum: torch.Te
     return r - cfg.gamma * ((calls == T_MAX) & (p_final < cfg.p0)).float()
 
 
-STATES = ("query_answer", "query_answer_confidence", "query", "confidence")
+STATES = ("query_answer", "query_answer_confidence", "query", "confidence", "confidence_task")
 
 
 def obs_dim(state: str, emb_dim: int, n_conf: int, n: int) -> int:
-    emb = 0 if state == "confidence" else 2 * emb_dim
-    conf = n_conf if state in ("confidence", "query_answer_confidence") else 0
-    return emb + conf + 2 + n + 1
+    emb = 0 if state in ("confidence", "confidence_task") else 2 * emb_dim
+    conf = n_conf if state in ("confidence", "query_answer_confidence", "confidence_task") else 0
+    task = len(ANSWER_TYPES) if state == "confidence_task" else 0
+    return emb + conf + task + 2 + n + 1
 
 
 def build_obs(state: str, q_emb: torch.Tensor, ans_emb: torch.Tensor, conf: torch.Tensor, t: torch.Tensor,
-              last: torch.Tensor, n: int) -> torch.Tensor:
-    """The state (see the module docstring), batched; ``last`` = -1 before the first call."""
+              last: torch.Tensor, n: int, task: torch.Tensor | None = None) -> torch.Tensor:
+    """The state (see the module docstring), batched; ``last`` = -1 before the first call; ``task``: the
+    answer-type one-hot (arrays.task_features), read by ``confidence_task`` only."""
     step = torch.nn.functional.one_hot(t.clamp(max=1), 2).float()
     last_oh = torch.nn.functional.one_hot(torch.where(last < 0, n, last), n + 1).float()
     if state == "confidence":
         return torch.cat([conf, step, last_oh], dim=1)
+    if state == "confidence_task":
+        if task is None:
+            raise ValueError("state confidence_task needs each query's answer type (TreeArrays.q_task)")
+        return torch.cat([conf, task, step, last_oh], dim=1)
     if state == "query_answer_confidence":
         return torch.cat([q_emb, ans_emb, conf, step, last_oh], dim=1)
     if state == "query":
@@ -113,6 +122,7 @@ class TreeTensors:
         t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
         self.q_emb, self.a1_emb, self.a2_emb = t(arrays.q_emb), t(arrays.a1_emb), t(arrays.a2_emb)
         self.conf1 = t(arrays.conf1)
+        self.q_task = None if arrays.q_task is None else t(arrays.q_task)
         self.p1, self.p2 = t(q1), t(q2)
         c1, c2 = call_costs(arrays, cfg.cost, self.scale)
         self.c1, self.c2 = t(c1), t(c2)
@@ -170,7 +180,8 @@ class VectorTreeEnv:
         conf = torch.zeros(self.num_envs, d.conf1.shape[-1])
         ans[at1] = d.a1_emb[self.q[at1], last[at1]]
         conf[at1] = d.conf1[self.q[at1], last[at1]]
-        return build_obs(self.state, d.q_emb[self.q], ans, conf, self.t, self.last, d.n)
+        task = None if d.q_task is None else d.q_task[self.q]
+        return build_obs(self.state, d.q_emb[self.q], ans, conf, self.t, self.last, d.n, task)
 
     def action_mask(self) -> torch.Tensor:
         return allowed_actions(self.t, self.last, self.data.n, self.cfg.actions == "ktp_only")

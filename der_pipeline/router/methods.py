@@ -50,7 +50,7 @@ class Router(ABC):
     live: bool = False  # routes live (``act``): `serve` can serve it by its id
     needs_query_embedding: bool = False  # ``act`` reads LiveState.q_emb
 
-    def fit(self, train: TreeArrays, p: Params) -> "Router":
+    def fit(self, train: TreeArrays, p: Params) -> Router:
         return self
 
     @abstractmethod
@@ -89,7 +89,7 @@ class SelfCorrectionBest(PathRouter):
 
     id = "self_correction_best"
 
-    def fit(self, train: TreeArrays, p: Params) -> "SelfCorrectionBest":
+    def fit(self, train: TreeArrays, p: Params) -> SelfCorrectionBest:
         diag = np.einsum("qii->qi", train.task2).mean(axis=0)
         self.expert = int(np.argmax(diag))
         self.idx = path_index(train.n_experts, self.expert, self.expert)
@@ -104,7 +104,7 @@ class RandomRouter(Router):
     id = "random"
     fresh = True
 
-    def fit(self, train: TreeArrays, p: Params) -> "RandomRouter":
+    def fit(self, train: TreeArrays, p: Params) -> RandomRouter:
         self.fresh = p.reward.actions != "ktp_only"
         return self
 
@@ -178,7 +178,7 @@ class KNNRouter(PredictedQualityRouter):
         self.alpha = alpha
         self.id = "knn"
 
-    def fit(self, train: TreeArrays, p: Params) -> "KNNRouter":
+    def fit(self, train: TreeArrays, p: Params) -> KNNRouter:
         self._fit_price(train, p, self.alpha)
         self.k = min(p.evaluate.knn_k, train.n_queries)
         self.train_emb = train.q_emb / np.linalg.norm(train.q_emb, axis=1, keepdims=True).clip(1e-9)
@@ -200,7 +200,7 @@ class MLPRouter(PredictedQualityRouter):
         self.alpha, self.seed = alpha, seed
         self.id = "mlp"
 
-    def fit(self, train: TreeArrays, p: Params) -> "MLPRouter":
+    def fit(self, train: TreeArrays, p: Params) -> MLPRouter:
         self._fit_price(train, p, self.alpha)
         torch.manual_seed(self.seed)
         x = torch.as_tensor(train.q_emb, dtype=torch.float32)
@@ -254,7 +254,7 @@ class BestFixedPath(PathRouter):
         if singles_only:
             self.id = "task_aware"
 
-    def fit(self, train: TreeArrays, p: Params) -> "BestFixedPath":
+    def fit(self, train: TreeArrays, p: Params) -> BestFixedPath:
         a = p.reward.alpha if self.alpha is None else self.alpha
         self.idx = best_fixed_index(train, a, p.reward.actions == "ktp_only", self.singles_only)
         self.chosen = train.path_names()[self.idx]
@@ -316,7 +316,7 @@ class ConfidenceCascade(Router):
     def __init__(self, alpha: float | None = None):
         self.alpha = alpha
 
-    def fit(self, train: TreeArrays, p: Params) -> "ConfidenceCascade":
+    def fit(self, train: TreeArrays, p: Params) -> ConfidenceCascade:
         a = p.reward.alpha if self.alpha is None else self.alpha
         scale = cost_scale(train)
         n = train.n_experts
@@ -400,7 +400,7 @@ class BudgetCascade(Router):
     def __init__(self, budget_gflops: float, directions: tuple[str, ...] = ("below", "above")):
         self.budget_gflops, self.directions = budget_gflops, tuple(directions)
 
-    def fit(self, train: TreeArrays, p: Params) -> "BudgetCascade":
+    def fit(self, train: TreeArrays, p: Params) -> BudgetCascade:
         self.choice = cascade_at_budget(train, self.budget_gflops, self.directions)
         c = self.choice
         self.chosen = {"first": train.experts[c["cheap"]],
@@ -441,7 +441,7 @@ class RandomMix(Router):
     def __init__(self, reference: int, budget_gflops: float):
         self.reference, self.budget_gflops = reference, budget_gflops
 
-    def fit(self, train: TreeArrays, p: Params) -> "RandomMix":
+    def fit(self, train: TreeArrays, p: Params) -> RandomMix:
         cost, score = train.cost1.mean(axis=0), train.task1.mean(axis=0)
         best = None
         for i in range(train.n_experts):

@@ -8,8 +8,17 @@ is the trained PPO policy, loaded from its checkpoint rather than fitted (evalua
 from __future__ import annotations
 
 from der_pipeline.config import Params
-from der_pipeline.router.methods import (BestFixedPath, ConfidenceCascade, FixedPath, KNNRouter, MLPRouter, Oracle,
-                                         RandomRouter, Router, SelfCorrectionBest)
+from der_pipeline.router.methods import (
+    BestFixedPath,
+    ConfidenceCascade,
+    FixedPath,
+    KNNRouter,
+    MLPRouter,
+    Oracle,
+    RandomRouter,
+    Router,
+    SelfCorrectionBest,
+)
 
 # id -> class of the routers fitted on the train split; each takes ``alpha`` (its price of cost; the
 # reward's alpha when None) where it has one

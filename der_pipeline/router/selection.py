@@ -24,6 +24,7 @@ from der_pipeline.router.env import path_actions
 from der_pipeline.router.methods import best_fixed_index, greedy_paths
 from der_pipeline.router.ppo import MASKED, Agent, PPORun, run_ppo
 
+
 class FoldEnsemble(nn.Module):
     """The K folds' policies as one: the action distribution is the mean of theirs (so its greedy action
     is the one they give the most probability together). ``masked_logits`` returns the log of that mean,

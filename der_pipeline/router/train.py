@@ -8,10 +8,10 @@ from der_pipeline.artifacts import dataset_params, model_dir
 from der_pipeline.config import Params
 from der_pipeline.io import write_json
 from der_pipeline.router.arrays import cost_scale, split_arrays
-from der_pipeline.router.dataset import build_arrays
-from der_pipeline.router.env import obs_dim as env_obs_dim
 from der_pipeline.router.budget import fit_budget
 from der_pipeline.router.checkpoint import save_policy
+from der_pipeline.router.dataset import build_arrays
+from der_pipeline.router.env import obs_dim as env_obs_dim
 from der_pipeline.router.selection import train_ppo
 
 
@@ -65,7 +65,8 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
         obs_dim = env_obs_dim(p.ppo.state, arrays.q_emb.shape[1], arrays.conf1.shape[-1], arrays.n_experts)
         save_policy(agent, folder / "policy.pt", experts=arrays.experts, scale=scale, p=p, obs_dim=obs_dim, seed=seed,
                     out_of_fold=history[-1].get("out_of_fold") if history else None,
-                    fixed_path_check=history[-1].get("fixed_path_check") if history else None)
+                    fixed_path_check=history[-1].get("fixed_path_check") if history else None,
+                    cost_share=None if fit is None else fit.share)
         plot_training(history, folder / "training_curve.png", f"{dataset}: PPO seed {seed}, alpha={p.reward.alpha:g}, "
                       f"form={p.reward.form}, signal={p.reward.signal}")
         last = history[-1] if history else {}

@@ -16,10 +16,10 @@ import time
 from tqdm import tqdm
 
 from der_pipeline.artifacts import confidence_dir, dataset_params
-from der_pipeline.generate.tree import read_tree
 from der_pipeline.config import Params
 from der_pipeline.experts.backends import LlamaCppBackend
 from der_pipeline.experts.keys import render_prompt
+from der_pipeline.generate.tree import read_tree
 from der_pipeline.resumable import BufferedWriter
 from der_pipeline.schemas import CONFIDENCE
 from der_pipeline.tree_store import TreeStore

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from der_pipeline.artifacts import embeddings_path, dataset_params
-from der_pipeline.generate.tree import load_tree
+from der_pipeline.artifacts import dataset_params, embeddings_path
 from der_pipeline.config import Params
 from der_pipeline.experts.models import embedder_path
+from der_pipeline.generate.tree import load_tree
 from der_pipeline.io import write_json, write_table
 from der_pipeline.schemas import EMBEDDINGS
 

@@ -13,10 +13,10 @@ import time
 
 import pyarrow as pa
 
-from der_pipeline.artifacts import scores_path, dataset_params
-from der_pipeline.generate.tree import load_tree
+from der_pipeline.artifacts import dataset_params, scores_path
 from der_pipeline.config import Params
 from der_pipeline.experts.models import embedder_path
+from der_pipeline.generate.tree import load_tree
 from der_pipeline.io import write_table
 from der_pipeline.schemas import SCORES, SECONDARY_METRICS
 from der_pipeline.signals.metrics import SPAN_RULE, score_answer
