@@ -440,15 +440,18 @@ def cross_task(params: Path = ParamsOpt) -> None:
 
 @app.command()
 def report(params: Path = ParamsOpt,
-           readme: Path = typer.Option(Path("README.md"), help="the README whose results section is rewritten"),
-           check: bool = typer.Option(False, help="exit 1 if the README's results section is out of date")) -> None:
-    """Regenerate the README's results section from the metrics files under results/."""
+           readme: Path = typer.Option(Path("README.md"), help="the README whose headline block is rewritten; the "
+                                                             "full results go to docs/results.md beside it"),
+           check: bool = typer.Option(False, help="exit 1 if the README's headline block or docs/results.md is "
+                                                  "out of date")) -> None:
+    """Regenerate the results page (docs/results.md) and the README's headline block from results/."""
     from der_pipeline.evaluate.report import update_readme
 
     p = _load(params)
     changed = update_readme(p, readme, write=not check)
     if check and changed:
-        typer.secho(f"{readme}: results section is out of date; run `der-pipeline report`", fg="red", err=True)
+        typer.secho(f"{readme}: headline block or docs/results.md is out of date; run `der-pipeline report`",
+                    fg="red", err=True)
         raise typer.Exit(1)
     typer.echo(f"{readme}: {'updated' if changed else 'up to date'}")
 
@@ -557,8 +560,8 @@ def ask(question: str = typer.Argument(..., help="the question to answer"),
 @app.command()
 def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
                                       help="whose trained policy (and answer format) to serve"),
-          host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default; there is no "
-                                                    "authentication, so expose it only behind your own proxy)"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default; beyond it, set "
+                                                    "--api-key, or a warning is printed)"),
           port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
           policy: Optional[list[Path]] = typer.Option(
               None, "--policy", help="another trained policy.pt to serve as der:<its alpha> (repeatable), e.g. "
@@ -567,9 +570,32 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
               None, "--router", help="a router of the registry to serve by its id, fitted on the dataset's train "
                                      "split at start-up (repeatable; default: every one that routes live: "
                                      "best_fixed, cascade, knn, mlp, round_robin, self_correction...)"),
+          api_key: Optional[str] = typer.Option(
+              None, "--api-key", envvar="DER_API_KEY", show_envvar=True,
+              help="require 'Authorization: Bearer KEY' on every request but GET /health (401 without it)"),
+          max_in_flight: int = typer.Option(64, "--max-in-flight", min=1,
+                                            help="chat completions answered at once; past it, 429 with Retry-After"),
+          timeout_s: float = typer.Option(300.0, "--timeout-s", min=0.001,
+                                          help="deadline of one request, in seconds; past it, 504 naming the steps "
+                                               "done"),
+          expert_timeout_s: float = typer.Option(
+              60.0, "--expert-timeout-s", min=0.0,
+              help="bound on one call to a served expert (openai / llamaserver backends), in seconds; past it the call "
+                   "counts as failed and the router degrades (0: the client's own generation.openai.timeout_s)"),
+          breaker_failures: int = typer.Option(
+              3, "--breaker-failures", min=0,
+              help="failed calls in a row after which an expert is skipped (its circuit breaker opens; 0: never)"),
+          breaker_cooldown_s: float = typer.Option(30.0, "--breaker-cooldown-s", min=0.0,
+                                                   help="how long an expert whose breaker opened is skipped, in "
+                                                        "seconds"),
+          max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1,
+                                             help="largest request body, checked before it is parsed (413 past it)"),
+          max_input_chars: int = typer.Option(
+              100_000, "--max-input-chars", min=1,
+              help="largest question + context in characters, checked before any tokenisation (400 past it)"),
           params: Path = ParamsOpt) -> None:
     """Serve the trained router as an OpenAI-compatible endpoint (POST /v1/chat/completions, GET /v1/models,
-    GET /health).
+    GET /health, GET /metrics).
 
     The last user message is the question; the passage goes in a `context` field of the request body or in a
     system message. `model` picks the router: `der` (the policy `ask` uses: models/<dataset>/seed-<first seed>),
@@ -577,9 +603,17 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
     `best_fixed`, `knn`, `mlp`, ...; see --router), or an expert's name to call that expert alone. The reply is a
     chat completion whose content is the last expert's answer, with `usage` summed over the
     expert calls and a `der` object: the path, every step (expert, action probabilities, answer, confidence,
-    tokens, latency, cost) and the total cost in GFLOPs. `stream: true` streams the answer once routing is done.
-    Decoding follows params.yaml (generation.*), as in the tree; request fields such as temperature are ignored.
-    The experts load before the server listens; calls to one expert are serialised, other requests wait.
+    tokens, latency, cost), the total cost in GFLOPs, the policy by its id and a hash of its file, and `degraded`
+    ({expert, reason, fallback}) when an expert failed, timed out or was skipped and the router answered
+    without it (a DER policy: its next most probable allowed action; a registry router: STOP with the last
+    answer, else the next expert). `stream: true` streams the answer once routing is done.
+    Decoding follows params.yaml (generation.*), as in the tree; request fields such as temperature are ignored,
+    `n` other than 1 and a `max_tokens` under 1 are refused (400). Every error has OpenAI's error shape.
+
+    Concurrency follows the backend: an in-process model (llamacpp) answers one call at a time, a served expert
+    (openai, llamaserver) up to generation.openai.concurrency / generation.llamaserver.slots at once. GET /health
+    lists the experts whose circuit breaker is open; GET /metrics is Prometheus' text format (requests by model
+    and status, latency, expert calls and failures, cost per request). One log line per request.
 
     Example: from openai import OpenAI; c = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none");
     c.chat.completions.create(model="der", messages=[{"role": "user", "content": "Is Paris in France?"}])"""
@@ -591,12 +625,15 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
     from der_pipeline.data.sources import answer_type_of
     from der_pipeline.router.live import LiveRouter, Policy
     from der_pipeline.router.registry import fit_live_routers
-    from der_pipeline.serve.app import create_app
+    from der_pipeline.serve.app import ServeOptions, bind_warning, create_app
     from der_pipeline.serve.service import RouterService
 
     p = _load(params)
     _known_dataset(p, dataset)
     check_port(host, port)  # before any model loads (that takes seconds)
+    warning = bind_warning(host, api_key)
+    if warning:
+        typer.echo(warning, err=True)
     _require_models(p, backends={p.generation.backend})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -606,16 +643,19 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
         extra = [Policy.load(path, names) for path in policy or []]
         typer.echo(f"loading {len(names)} experts ({', '.join(names)}) and the embedder ...", err=True)
         routers = fit_live_routers(p, dataset, router or None)
-        live = LiveRouter(p, answer_type_of(p, dataset), preload=True)
+        live = LiveRouter(p, answer_type_of(p, dataset), preload=True, breaker_failures=breaker_failures,
+                          breaker_cooldown_s=breaker_cooldown_s, expert_timeout_s=expert_timeout_s or None)
         service = RouterService(live, dataset, default, extra, routers=routers)
     except _user_errors() as exc:
         _fail(exc)
-    typer.echo(f"serving {service.model_ids()} for {dataset} at http://{host}:{port}/v1", err=True)
+    options = ServeOptions(api_key=api_key or None, max_in_flight=max_in_flight, timeout_s=timeout_s,
+                           max_body_bytes=max_body_bytes, max_input_chars=max_input_chars)
+    typer.echo(f"serving {service.model_ids()} for {dataset} at http://{host}:{port}/v1"
+               f"{' (API key required)' if options.api_key else ''}", err=True)
     try:
-        uvicorn.run(create_app(service), host=host, port=port, access_log=False, log_level="info")
+        uvicorn.run(create_app(service, options), host=host, port=port, access_log=False, log_level="info")
     finally:
         live.close()
-
 
 @app.command()
 def demo(rerun: bool = typer.Option(False, "--rerun", help="rerun the whole chain with the real experts on a small "

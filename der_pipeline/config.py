@@ -402,6 +402,16 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """How the work is spread, never what it computes: no stage lists it in dvc.yaml."""
+
+    workers: int  # processes that train PPO seeds side by side (router/parallel.py); results are the same for any
+
+    def validate(self, key: str) -> None:
+        _check(self.workers >= 1, f"{key}.workers", "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class Params:
     paths: Paths
     data: DataConfig
@@ -413,6 +423,7 @@ class Params:
     ppo: PPOConfig
     evaluate: EvaluateConfig
     budget: BudgetConfig
+    compute: ComputeConfig
     seeds: list[int]  # PPO / supervised-router seeds; results average them
     presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # optional: name -> section -> values
     root: Path = Path(".")  # the folder relative paths resolve against (not a YAML key)
@@ -439,6 +450,7 @@ class Params:
         self.ppo.validate("ppo")
         self.evaluate.validate("evaluate")
         self.budget.validate("budget")
+        self.compute.validate("compute")
         _check(self.budget.reference == "auto" or self.budget.reference in names, "budget.reference",
                f"auto or an expert's name: {names}")
         _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",

@@ -54,10 +54,18 @@ def _building() -> bool:
     return False
 
 
-def trace_from_env(stage: str) -> None:
+_ACTIVE: dict = {}
+
+
+def trace_from_env(stage: str | None = None, worker: bool = False) -> None:
+    """Install the recorder where DER_TRACE_PARAMS is set. A stage script names its stage (and passes it on to
+    its worker processes in DER_TRACE_STAGE); a worker (router/parallel.py) records into <stage>.<pid>.json
+    after each job (``dump``), since a worker process never runs atexit handlers."""
     folder = os.environ.get("DER_TRACE_PARAMS")
-    if not folder:
+    stage = stage or os.environ.get("DER_TRACE_STAGE")
+    if not folder or not stage or _ACTIVE:
         return
+    os.environ["DER_TRACE_STAGE"] = stage
     paths = _paths_by_type()
     containers = paths.pop("_containers")  # type: ignore[arg-type]
     seen: set[str] = set()
@@ -78,9 +86,17 @@ def trace_from_env(stage: str) -> None:
         install(cls, prefix)
 
     def dump() -> None:
-        out = Path(folder) / f"{stage}.json"
+        out = Path(folder) / (f"{stage}.{os.getpid()}.json" if worker else f"{stage}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         old = set(json.loads(out.read_text())) if out.exists() else set()
         out.write_text(json.dumps(sorted((seen | old) - {"root"}), indent=1))
 
-    atexit.register(dump)
+    _ACTIVE["dump"] = dump
+    if not worker:
+        atexit.register(dump)
+
+
+def dump() -> None:
+    """Write what this process has recorded so far (a worker's reads, after each of its jobs)."""
+    if _ACTIVE:
+        _ACTIVE["dump"]()

@@ -18,6 +18,25 @@ from der_pipeline.router.arrays import TreeArrays
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))  # `from conftest import ...` and `from fakes import ...` from every tier's folder
+
+# A test's tier is where it lives, so a new test cannot land in the wrong one by forgetting a marker:
+#   tests/unit/         fast: no real model (fakes, hand-built trees, the committed artifacts)   make test-default
+#   tests/integration/  slow: the real packaged models through llama.cpp, tiny samples            make test-default
+#   tests/recipes/      the README's recipes, run as written on a clone of the repository         make test-recipes
+#   tests/engines/      the other generation engines for real (Ray, llama-server, vLLM's CPU build) make test-engines
+TIERS = {"unit": (), "integration": ("slow",), "recipes": ("slow", "recipes"), "engines": ("slow", "engines")}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        rel = Path(str(item.fspath)).resolve().relative_to(TESTS)
+        tier = rel.parts[0] if len(rel.parts) > 1 else "unit"
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{rel}: a test lives in one of tests/{{{','.join(TIERS)}}}/ (its tier)")
+        for marker in TIERS[tier]:
+            item.add_marker(marker)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -22,7 +22,8 @@ from der_pipeline.evaluate.stats import non_inferiority, paired_bootstrap
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.budget import fit_budget, reference_index
 from der_pipeline.router.methods import BudgetCascade, PolicyRouter, RandomMix, one_hot_paths
-from der_pipeline.router.selection import selection_folds, train_ppo
+from der_pipeline.router.parallel import train_many
+from der_pipeline.router.selection import selection_folds
 
 
 def _per_query(weights: list[np.ndarray], task: np.ndarray) -> np.ndarray:
@@ -55,8 +56,9 @@ def budgets_dataset(p: Params, dataset: str) -> dict:
     for share in p.budget.shares:
         fit = fit_budget(train, p, dataset, share, p.seeds[0], split.scale)
         q = p.override("reward", alpha=fit.alpha)
-        agents = [train_ppo(train, q.reward, q.ppo, seed=s, scale=split.scale, budget_gflops=fit.budget_gflops)[0]
-                  for s in p.seeds]
+        agents = [a for a, _ in train_many([dict(arrays=train, reward=q.reward, cfg=q.ppo, seed=s, scale=split.scale,
+                                                 budget_gflops=fit.budget_gflops) for s in p.seeds],
+                                           p.compute.workers)]
         der_w = [PolicyRouter(a, split.scale, q.reward, state=q.ppo.state).route(test) for a in agents]
         cascade = BudgetCascade(fit.budget_gflops, tuple(p.budget.cascade_directions)).fit(train, q)
         mix = RandomMix(ref, fit.budget_gflops).fit(train, q)

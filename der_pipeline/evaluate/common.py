@@ -15,7 +15,7 @@ from der_pipeline.router.arrays import TreeArrays, cost_scale, split_arrays
 from der_pipeline.router.checkpoint import load_policy
 from der_pipeline.router.dataset import build_arrays
 from der_pipeline.router.methods import PolicyRouter
-from der_pipeline.router.selection import train_ppo
+from der_pipeline.router.parallel import train_many
 from der_pipeline.schemas import SECONDARY_METRICS
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,9 @@ def der_policies(p: Params, split: DatasetSplit, method_id: str = "der",
         except (FileNotFoundError, ValueError):
             pass
     routers = []
-    for seed in p.seeds:
-        agent, history = train_ppo(train, p.reward, p.ppo, seed=seed, scale=split.scale)
+    trained = train_many([dict(arrays=train, reward=p.reward, cfg=p.ppo, seed=seed, scale=split.scale)
+                          for seed in p.seeds], p.compute.workers)
+    for agent, history in trained:
         routers.append(PolicyRouter(agent, split.scale, p.reward, method_id, state=p.ppo.state,
                                     out_of_fold=history[-1].get("out_of_fold") if history else None))
     return routers

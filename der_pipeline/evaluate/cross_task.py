@@ -24,8 +24,8 @@ from der_pipeline.evaluate.names import method_label, single_id
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.arrays import concat_arrays, cost_scale
 from der_pipeline.router.methods import BestFixedPath, FixedPath, PolicyRouter
+from der_pipeline.router.parallel import train_many
 from der_pipeline.router.registry import make_router
-from der_pipeline.router.selection import train_ppo
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,11 @@ def cross_task(p: Params) -> str:
     splits = {d: load_split(p, d) for d in chosen}
     mixed_train = concat_arrays([s.train for s in splits.values()])
     scale = cost_scale(mixed_train)
-    mixed = [train_ppo(mixed_train, p.reward, p.ppo, seed=s, scale=scale)[0] for s in p.seeds]
     seeing = p.override("ppo", state=p.evaluate.cross_task_query_state)  # the one that sees what the query is
-    mixed_query = [train_ppo(mixed_train, seeing.reward, seeing.ppo, seed=s, scale=scale)[0] for s in p.seeds]
+    jobs = [dict(arrays=mixed_train, reward=q.reward, cfg=q.ppo, seed=s, scale=scale) for q in (p, seeing)
+            for s in p.seeds]
+    agents = [agent for agent, _ in train_many(jobs, p.compute.workers)]
+    mixed, mixed_query = agents[:len(p.seeds)], agents[len(p.seeds):]
 
     names = p.expert_names()
     rows: dict[str, dict[str, dict]] = {}  # method -> dataset (or "all") -> metrics

@@ -1,15 +1,25 @@
-"""`der-pipeline report`: the README's results section, regenerated from the JSON files under results/ only."""
+"""`der-pipeline report`: the results page (docs/results.md) and the README's headline block, regenerated from
+the JSON files under results/ only.
+
+The results page is written whole; the README keeps its own text and only the block between its two markers
+(``START``, ``END``) is rewritten: one row per dataset, the headline. Both are pure functions of the files
+read (sorted, fixed formats), so the same results give the same bytes, and ``update_readme(write=False)``
+(`report --check`) says whether either file is stale.
+"""
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
+from der_pipeline.artifacts import dataset_params
 from der_pipeline.config import Params
 from der_pipeline.evaluate.run import render_comparisons, render_table
-from der_pipeline.artifacts import dataset_params
 
 START = "<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->"
 END = "<!-- results:end -->"
+RESULTS_PAGE = Path("docs") / "results.md"  # the results page, relative to the README's folder
 
 # The proposal's own Table 1 (BoolQ, experts of 3B to 7B parameters; its cost unit is its own).
 PROPOSAL_TABLE_1 = {
@@ -152,31 +162,107 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def results_section(p: Params, readme_dir: Path) -> str:
-    from der_pipeline.evaluate.ablate import render_ablations
+def _outs(p: Params) -> list[dict]:
+    """Every dataset's results/evaluate/<ds>/metrics.json, in the order of their folders' names."""
     from der_pipeline.artifacts import results_dir
+
+    base = results_dir(p, "evaluate")
+    found = sorted(base.glob("*/metrics.json")) if base.exists() else []
+    return [json.loads(path.read_text()) for path in found]
+
+
+def _relative(base_dir: Path):
+    """A file's path as a link from a page in ``base_dir`` (``../`` where the file is outside it)."""
+    base = Path(base_dir).resolve()
+    return lambda f: Path(os.path.relpath(Path(f).resolve(), base)).as_posix()
+
+
+def _pct(v: float) -> str:
+    return f"{v:.0%}"
+
+
+def headline_rows(outs: list[dict]) -> list[dict]:
+    """One row per dataset of ``outs`` (``_outs``): DER, the strongest single expert on the test split, the
+    confidence cascade and DER's paired difference from the strongest expert, read off its metrics.json."""
+    rows = []
+    for out in outs:
+        m, strong = out["methods"], out["best_single"]
+        der, best, cascade = m["der"], m[strong], m.get("cascade")
+        comp = next((c for c in out["comparisons"] if c["b"] == strong), None)
+        rows.append({"dataset": out["dataset"], "metric": out["metric"], "test_queries": out["test_queries"],
+                     "der": der["accuracy"], "der_share": der["cost_gflops"] / best["cost_gflops"],
+                     "strong": strong.removeprefix("single:"), "strong_score": best["accuracy"],
+                     "strong_gflops": best["cost_gflops"],
+                     "cascade": cascade and cascade["accuracy"],
+                     "cascade_share": cascade and cascade["cost_gflops"] / best["cost_gflops"], "vs": comp})
+    return rows
+
+
+def headline_lines(p: Params, base_dir: Path, results_link: str | None = None) -> list[str]:
+    """The headline table, with links (made relative to ``base_dir``) to each dataset's cost-quality plot and,
+    with ``results_link``, to the results page."""
+    from der_pipeline.artifacts import results_dir
+
+    outs = _outs(p)
+    rows = headline_rows(outs)
+    if not rows:
+        return ["No results yet: run `dvc repro` (or `der-pipeline evaluate`), then `der-pipeline report`."]
+    seeds = sorted({s for out in outs for s in out["seeds"]})
+    lines = [f"The committed results, on each dataset's held-out test split (DER: the mean over seeds {seeds}; cost "
+             "share: the mean cost per query over the strongest single expert's on that split; the difference: a "
+             "paired bootstrap over the test queries):", "",
+             "| Dataset (metric, test queries) | DER | DER's cost share | Strongest expert | Its score "
+             "| Confidence cascade | Cascade's cost share | DER - strongest (95% CI, p) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        vs = r["vs"]
+        diff = ("n/a" if vs is None else
+                f"{vs['diff']:+.3f} ({vs['ci_low']:+.3f} to {vs['ci_high']:+.3f}, p {vs['p_value']:.3f})")
+        cascade = "n/a" if r["cascade"] is None else f"{r['cascade']:.3f}"
+        cshare = "n/a" if r["cascade_share"] is None else _pct(r["cascade_share"])
+        lines.append(f"| {r['dataset']} ({r['metric']}, {r['test_queries']}) | {r['der']:.3f} | {_pct(r['der_share'])} "
+                     f"| {r['strong']} ({r['strong_gflops']:.0f} GFLOPs) | {r['strong_score']:.3f} | {cascade} "
+                     f"| {cshare} | {diff} |")
+    lines += ["", "The budget columns (the random mix at DER's cost, non-inferiority at a cost share) come with the "
+              "budget stage and are not in these results yet.", ""]
+    rel = _relative(base_dir)
+    plots = [(r["dataset"], results_dir(p, "curves", r["dataset"]) / "cost_accuracy.png") for r in rows]
+    frontiers = {ds: results_dir(p, "curves", ds) / "frontier.json" for ds, _ in plots}
+    shown = [f"[{ds}]({rel(png)})" for ds, png in plots if png.exists() and frontiers[ds].exists()]
+    tail = []
+    if shown:
+        tail.append("Quality against cost over the alpha sweep: " + ", ".join(shown) + ".")
+    if results_link:
+        tail.append(f"Every table, per dataset: [the results page]({results_link}).")
+    return lines + ([" ".join(tail)] if tail else [])
+
+
+def headline_block(p: Params, readme_dir: Path) -> str:
+    """The README's generated block: the markers around the headline, links relative to ``readme_dir``."""
+    link = RESULTS_PAGE.as_posix()
+    return "\n".join([START, "", *headline_lines(p, readme_dir, link), "", END])
+
+
+def results_section(p: Params, page_dir: Path) -> str:
+    """The results page's generated body: findings, every dataset's tables and plots (image links relative to
+    ``page_dir``), the tuning tables and the cross-task router."""
+    from der_pipeline.artifacts import results_dir
+    from der_pipeline.evaluate.ablate import render_ablations
     from der_pipeline.evaluate.cross_task import render as render_cross_task
     from der_pipeline.evaluate.curves import render_frontier
     from der_pipeline.evaluate.findings import render_findings
 
-    parts = [START, ""]
-    base = results_dir(p, "evaluate")
-    found = sorted(base.glob("*/metrics.json")) if base.exists() else []
-    if not found:
-        parts.append("No results yet: run `dvc repro` (or `der-pipeline evaluate`).")
-    else:
-        parts += ["Every number below is read from the files under `results/` by `der-pipeline report`; "
-                  "`dvc repro` rebuilds those files from the committed trees without calling an LLM.", ""]
-    outs = [json.loads(path.read_text()) for path in found]
+    overview, parts = [], []
+    outs = _outs(p)
     cross = _load(results_dir(p, "cross_task") / "metrics.json")
     loaded = {o["dataset"]: _load(results_dir(p, "ablate", o["dataset"]) / "ablations.json") for o in outs}
     ablations = {ds: a for ds, a in loaded.items() if a}  # read once: the findings and the tables share them
     frontiers = {o["dataset"]: _load(results_dir(p, "curves", o["dataset"]) / "frontier.json") for o in outs}
     if outs:
-        parts += render_findings(outs, ablations, cross, {k: v for k, v in frontiers.items() if v})
-        parts += table1_block(outs)
-        parts += pooled_tune_block(p, [o["dataset"] for o in outs])
-    rel = lambda f: Path(f).resolve().relative_to(readme_dir.resolve()).as_posix()  # noqa: E731
+        overview += render_findings(outs, ablations, cross, {k: v for k, v in frontiers.items() if v})
+        overview += table1_block(outs)
+        overview += pooled_tune_block(p, [o["dataset"] for o in outs])
+    rel = _relative(page_dir)
     for out in outs:
         ds = out["dataset"]
         parts += [f"### {ds}", "", render_table(out), ""]
@@ -208,13 +294,48 @@ def results_section(p: Params, readme_dir: Path) -> str:
         parts += tree_block(p, ds)
     if cross and "skipped" not in cross:
         parts += ["### One router across tasks", "", render_cross_task(cross), ""]
-    parts.append(END)
-    return "\n".join(parts)
+    # the page's sections: the overview's (level 4 where they are rendered) and each dataset's (level 3) at 2
+    return "\n".join([_shift_headings("\n".join(overview), 2), _shift_headings("\n".join(parts), 1)]).strip("\n")
+
+
+PAGE_INTRO = [
+    "<!-- Written by `der-pipeline report` from the files under results/; do not edit by hand. -->",
+    "",
+    "# Results",
+    "",
+    "Every number on this page is read from the files under `results/` by `der-pipeline report`, which writes "
+    "this page and the README's headline block; `dvc repro` rebuilds those files from the committed trees "
+    "without calling an LLM, and `der-pipeline report --check` fails while either file is stale. How the "
+    "methods are judged, and how to read these tables: [How results are judged](router.md#how-results-are-judged).",
+    "",
+]
+
+
+def _shift_headings(text: str, levels: int) -> str:
+    """Every heading ``levels`` levels up (never above level 2), code fences left alone: the page's title is
+    its only level-1 heading."""
+    out, fenced = [], False
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = None if fenced else re.match(r"(#{2,6}) ", line)
+        if heading:
+            line = "#" * max(2, len(heading.group(1)) - levels) + line[len(heading.group(1)):]
+        out.append(line)
+    return "\n".join(out)
+
+
+def results_page(p: Params, page_dir: Path) -> str:
+    """The whole results page: its fixed introduction, the headline, then ``results_section``."""
+    head = [*PAGE_INTRO, "## Headline", "", *headline_lines(p, page_dir), ""]
+    body = results_section(p, page_dir)
+    return "\n".join(head) + ("\n" + body if body else "") + "\n"
 
 
 def results_markers_problem(text: str) -> str | None:
     """What is wrong with the results markers of a README's ``text`` (None: one start marker, then one end)."""
-    missing = [f"the {name} marker {marker!r}" for name, marker in (("start", START), ("end", END)) if marker not in text]
+    missing = [f"the {name} marker {marker!r}" for name, marker in (("start", START), ("end", END))
+               if marker not in text]
     if missing:
         return " and ".join(missing) + (" is" if len(missing) == 1 else " are") + " missing"
     if text.count(START) > 1 or text.count(END) > 1:
@@ -225,8 +346,10 @@ def results_markers_problem(text: str) -> str | None:
 
 
 def update_readme(p: Params, readme: Path, write: bool = True) -> bool:
-    """Replace the text between the markers; returns whether it changed. A README without its two markers (or
-    with them out of order) is a ValueError naming the file and the marker, before anything is computed."""
+    """Rewrite the README's headline block (between the markers) and the results page beside it
+    (``RESULTS_PAGE``, under the README's folder); returns whether either changed. With ``write=False``
+    nothing is written (`report --check`). A README without its two markers (or with them out of order) is a
+    ValueError naming the file and the marker, before anything is computed or written."""
     readme = Path(readme)
     try:
         text = readme.read_text()
@@ -239,8 +362,15 @@ def update_readme(p: Params, readme: Path, write: bool = True) -> bool:
                          f"each on its own: {START} and {END}")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    new = head + results_section(p, readme.parent) + tail
-    changed = new != text
-    if changed and write:
-        readme.write_text(new)
+    new = head + headline_block(p, readme.parent) + tail
+    page = readme.parent / RESULTS_PAGE
+    new_page = results_page(p, page.parent)
+    old_page = page.read_text() if page.exists() else None
+    changed = new != text or new_page != old_page
+    if write:
+        if new != text:
+            readme.write_text(new)
+        if new_page != old_page:
+            page.parent.mkdir(parents=True, exist_ok=True)
+            page.write_text(new_page)
     return changed

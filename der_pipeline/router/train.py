@@ -12,7 +12,7 @@ from der_pipeline.router.budget import fit_budget
 from der_pipeline.router.checkpoint import save_policy
 from der_pipeline.router.dataset import build_arrays
 from der_pipeline.router.env import obs_dim as env_obs_dim
-from der_pipeline.router.selection import train_ppo
+from der_pipeline.router.parallel import train_many
 
 
 def plot_training(history: list[dict], path: Path, title: str) -> None:
@@ -58,10 +58,13 @@ def train_dataset(p: Params, dataset: str, out_dir: Path | None = None) -> dict:
         p = p.override("reward", alpha=fit.alpha)
     per_seed = []
     for seed in p.seeds:
+        (out / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
+    budget = None if fit is None else fit.budget_gflops
+    trained = train_many([dict(arrays=train, reward=p.reward, cfg=p.ppo, seed=seed, scale=scale, budget_gflops=budget,
+                               log_path=out / f"seed-{seed}" / "train_log.jsonl") for seed in p.seeds],
+                         p.compute.workers)
+    for seed, (agent, history) in zip(p.seeds, trained):
         folder = out / f"seed-{seed}"
-        folder.mkdir(parents=True, exist_ok=True)
-        agent, history = train_ppo(train, p.reward, p.ppo, seed=seed, log_path=folder / "train_log.jsonl", scale=scale,
-                                   budget_gflops=None if fit is None else fit.budget_gflops)
         obs_dim = env_obs_dim(p.ppo.state, arrays.q_emb.shape[1], arrays.conf1.shape[-1], arrays.n_experts)
         save_policy(agent, folder / "policy.pt", experts=arrays.experts, scale=scale, p=p, obs_dim=obs_dim, seed=seed,
                     out_of_fold=history[-1].get("out_of_fold") if history else None,

@@ -1,18 +1,22 @@
 """The other generation engines for real, on tiny samples: Ray workers (one killed mid-run), llama.cpp's
 llama-server with parallel slots, and vLLM's CPU build (in .venv-vllm). Marked ``engines``: `make test`
-runs them as their own timed step after the default suite (`make test-engines` alone)."""
+runs them as their own timed step after the default suite (`make test-engines` alone); their tier is their
+folder (tests/conftest.py)."""
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import CACHE_ENV, REPO, require_or_skip, require_path_or_skip, run_cli, wait_until
-from test_generate_real import write_params
+from conftest import CACHE_ENV, REPO, TESTS, require_or_skip, require_path_or_skip, run_cli, wait_until
+
+sys.path.insert(0, str(TESTS / "integration"))  # the integration tier's params writer, shared
+from test_generate_real import write_params  # noqa: E402
 
 from der_pipeline.config import load_params
 from der_pipeline.experts.backends import BackendError, make_backend
@@ -22,7 +26,7 @@ from der_pipeline.tree_store import TreeStore
 
 # Each test makes a reference tree with in-process llama.cpp before running its engine: longer than the default
 # limit on 2 cores (vLLM's CPU build alone is given 20 minutes below).
-pytestmark = [pytest.mark.slow, pytest.mark.engines, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.timeout(1800)  # the tier (slow) is set by the folder: tests/conftest.py
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 LLAMA_SERVER = REPO / ".engines" / "bin" / "llama-server"

@@ -18,7 +18,7 @@ from der_pipeline.generate.tree import read_tree
 from der_pipeline.io import write_table
 from der_pipeline.schemas import CONFIDENCE_FIELDS, TREE
 
-pytestmark = pytest.mark.slow
+# the tier (slow) is set by the folder: tests/conftest.py
 
 OBVIOUS = ("Is the Eiffel Tower in Paris?",
            "Eiffel Tower: The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France.")

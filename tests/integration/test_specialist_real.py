@@ -24,7 +24,7 @@ from der_pipeline.specialists.finetune import (
 )
 
 # training is most of these tests' time: the module fixture's run of finetune, then a killed run resumed
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.timeout(1800)  # the tier (slow) is set by the folder: tests/conftest.py
 
 
 def write_params(tmp_path):

@@ -12,7 +12,7 @@ from der_pipeline.generate import tree as tree_reading
 from der_pipeline.generate.run import generate_dataset
 from der_pipeline.tree_store import CorruptShardError, TreeStore
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)  # the tier (slow) is set by the folder: tests/conftest.py
 SMALLEST = ["smollm2-135m", "gemma3-270m"]
 NODES = 2 + 2 * 2  # a query's tree with two experts
 

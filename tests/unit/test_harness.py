@@ -45,7 +45,7 @@ def test_a_missing_engine_skips_and_fails_when_engines_are_required(tmp_path, mo
 def test_no_test_module_skips_an_engine_by_itself():
     """Engine components are skipped only through the helpers above (which DER_REQUIRE_ENGINES turns into
     failures), never with a bare importorskip."""
-    offenders = [f.name for f in Path(__file__).parent.glob("test_*.py")
+    offenders = [f.name for f in Path(__file__).parents[1].rglob("test_*.py")
                  if "importorskip(" in f.read_text() and f.name != Path(__file__).name]
     assert offenders == []
 
