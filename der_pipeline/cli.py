@@ -193,7 +193,7 @@ def finetune(params: Path = ParamsOpt,
     specialist takes its base expert's slot in the pool, under the name <expert>-<dataset>-lora; `generate`
     then makes its nodes. An unchanged recipe (settings, base model, examples) keeps the adapter already
     there; a killed run resumes from its last checkpoint, written every 5 minutes of training in the model cache
-    (README: Specialists)."""
+    (docs/experts-and-engines.md: Specialists)."""
     p = _load(params)
     chosen = dataset or sorted(p.specialists)
     for ds in chosen:
@@ -233,7 +233,7 @@ def generate(params: Path = ParamsOpt, dataset: Optional[list[str]] = DatasetOpt
     unreadable shard is moved aside as .corrupt and its nodes are made again. Each node records the
     engine that made it; nodes of another engine are never reused (they are made again).
 
-    Engines (README, "Engines"): in-process llama.cpp (default); `--backend llamaserver` (llama.cpp's
+    Engines (docs/experts-and-engines.md): in-process llama.cpp (default); `--backend llamaserver` (llama.cpp's
     server with parallel slots); `--backend vllm` (GPU, or vLLM's CPU build in .venv-vllm); `--ray`
     runs any of them on several workers, here or across a cluster. `generation.backend_by_dataset` gives
     one dataset its own engine (its tree is then read under that engine too)."""

@@ -114,7 +114,7 @@ class ExpertSpec:
 
 @dataclass(frozen=True)
 class SpecialistSpec:
-    """A cheap expert fine-tuned with LoRA on a dataset's training file (README: Specialists)."""
+    """A cheap expert fine-tuned with LoRA on a dataset's training file (docs/experts-and-engines.md: Specialists)."""
 
     expert: str  # the pool's expert it starts from; on this dataset the specialist takes its slot
     train_examples: int  # examples drawn (seeded) from the training file

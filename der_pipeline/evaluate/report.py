@@ -111,9 +111,10 @@ def signals_block(out: dict) -> list[str]:
         return []
     names = [k for k in next(iter(auroc.values())) if k != "right_share"]
     lines = [f"How well each expert's own confidence predicts that its answer is right (AUROC over the "
-             f"{out['train_queries']} train queries' first answers; 0.5 = no information):", "",
+             f"{out['train_queries']} train queries' first answers; 0.5 = no information, under 0.5 the signal reads "
+             f"backwards; n/a: constant, or one class only):", "",
              "| Expert | right | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    f = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    f = lambda v: "n/a" if v is None else (f"{v:.2f} (backwards)" if v < 0.5 else f"{v:.2f}")  # noqa: E731
     for e, row in auroc.items():
         lines.append(f"| {e} | {row['right_share']:.0%} | " + " | ".join(f(row[k]) for k in names) + " |")
     return lines + [""]

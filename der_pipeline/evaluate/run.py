@@ -7,6 +7,8 @@ Claims are checked with a paired bootstrap over the same test queries.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from der_pipeline.artifacts import dataset_params, load_train_summary, results_dir
 from der_pipeline.config import Params
 from der_pipeline.data.sources import answer_type_of
@@ -80,13 +82,17 @@ def best_single_expert(methods: dict[str, dict]) -> str:
 
 def signal_auroc(train) -> dict:
     """Per expert: how well each confidence signal of its hop-1 answers predicts that the answer is right
-    (task score >= 0.5), as AUROC over the train split; and how often it is right."""
+    (task score >= 0.5), as AUROC over the train split; and how often it is right. None where the signal is
+    constant over the queries or one class is absent. Under 0.5 the signal reads backwards (high where the
+    answer is wrong): the budgeted cascade can threshold it that way (budget.cascade_directions)."""
     out = {}
     for i, e in enumerate(train.experts):
         right = train.task1[:, i] >= 0.5
         row = {"right_share": round(float(right.mean()), 4)}
         for name, signal in CASCADE_SIGNALS.items():
-            a = auroc(signal(train.conf1[:, i]), right)
+            values = signal(train.conf1[:, i])
+            # a signal that never varies (the yes/no margin of an answer that is not yes/no) tells nothing
+            a = None if np.ptp(values) == 0 else auroc(values, right)
             row[name] = None if a is None else round(a, 4)
         out[e] = row
     return out

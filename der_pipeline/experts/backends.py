@@ -510,7 +510,7 @@ def adapter_file(expert: ExpertSpec) -> str | None:
         return None
     if not Path(expert.adapter).is_file():
         raise ModelNotFoundError(f"{expert.name}: its LoRA adapter {expert.adapter} is missing; run "
-                                 "`der-pipeline finetune` (README: Specialists)")
+                                 "`der-pipeline finetune` (docs/experts-and-engines.md: Specialists)")
     return str(expert.adapter)
 
 

@@ -10,7 +10,7 @@ The folder lives in the model cache under the GGUF's fingerprint, is built in a
 temp folder and renamed into place (a crash leaves no half folder), and is reused
 only when its manifest names the same GGUF hash and its weights file has the size
 the manifest recorded. Note: vLLM computes in bf16 on these dequantised weights,
-llama.cpp on the quantised ones, so their answers can differ (the README's Engines
+llama.cpp on the quantised ones, so their answers can differ (docs/experts-and-engines.md, Engines
 section reports by how much).
 """
 from __future__ import annotations

@@ -163,8 +163,8 @@ def _run_all_actions_ppo(arrays: TreeArrays, reward: RewardConfig, cfg: PPOConfi
     """PPO whose batch is every state of the train queries with every action's exact advantage, instead of
     sampled episodes (``ppo.rollout: all_actions``). Why: the tree knows what all 2N + 1 actions earn at
     every state, and sampled episodes (one action per state, 2,048 steps an update) left the policy
-    gradient too noisy to find when to escalate (escalating gains under 0.01 of utility per query on
-    SST-2): every fold's policy was a constant path (benchmarks/goal_alpha.py).
+    gradient too noisy to find when to escalate, where escalating gains little utility per query: every
+    fold's policy was a constant path (benchmarks/goal_alpha.py; figures in the research log).
 
     Per iteration, with the policy before the update (pi_old):
         A1(s1, a) = R1(s1, a) - V1(s1),       V1(s1) = sum_a pi_old(a | s1) R1(s1, a)

@@ -30,8 +30,8 @@ class FoldEnsemble(nn.Module):
     is the one they give the most probability together). ``masked_logits`` returns the log of that mean,
     so a softmax of it gives the mean probabilities back. Why not a refit on the whole train split: PPO's
     path depends on its data, and a refit stopped at the folds' iteration is a different policy, never
-    validated; on SST-2 at alpha = 0.05 the folds' policies escalated on 24% of their held-out queries and
-    the refits on none (benchmarks/final_policy.py compares the two out of sample)."""
+    validated, and the two route differently out of sample (benchmarks/final_policy.py compares them; the
+    research log has its figures)."""
 
     def __init__(self, members: list[Agent]):
         super().__init__()
@@ -118,7 +118,7 @@ class CrossValidation:
         never read). ``constant_folds``: the share of the folds whose policy sends every held-out query down
         the same path. Why: a mean over folds of constant policies (one fold's always the specialist,
         another's always the strongest expert) can look like a router's operating point without any
-        policy reading its state (SST-2, alpha 0.05 and 0.1: benchmarks/goal_alpha.py)."""
+        policy reading its state (benchmarks/goal_alpha.py found it on SST-2; the research log has the figures)."""
         score, cost, two, constant = [], [], [], []
         for (_, val), agent in zip(self.folds, self.agents):
             idx = greedy_paths(agent, val, scale, reward, state)
@@ -139,8 +139,8 @@ def fixed_path_check(cv: CrossValidation, arrays: TreeArrays, reward: RewardConf
     ``gain``: the mean of the per-query differences over the train split; ``se``: their standard error.
     ``beats_fixed_path`` when gain > se: the one-standard-error rule (Breiman et al. 1984; Hastie,
     Tibshirani and Friedman, ESL 7.10) with the constant path as the simpler model, so a policy whose
-    out-of-fold edge is within its own noise is not preferred to a rule with nothing to learn (on BoolQ
-    the tuned settings' edge is 0.004 of utility, with a seed spread of 0.008). ``path``: the best fixed
+    out-of-fold edge is within its own noise is not preferred to a rule with nothing to learn (the research
+    log has the edges this rule weighed). ``path``: the best fixed
     path on the whole of ``arrays`` (the fallback); ``fixed_out_of_fold``: the fold-fitted fixed paths'
     operating point, in ``CrossValidation.out_of_fold``'s keys."""
     diff, sdiff, score, cost, two = [], [], [], [], []
@@ -174,7 +174,7 @@ def keep_iteration(mean_returns: dict[int, float], untrained: float, tolerance: 
     plateau, often the same greedy routing to 1e-4), the earliest point of the plateau is where the
     whole-split refit, which sees other queries in its minibatches, has had the fewest updates to get
     there; the latest point has had the most. The band is a fraction of the gain PPO made over the
-    untrained policy, so it is scale-free across datasets (a return of about 1 on BoolQ, 0.15 on XSum);
+    untrained policy, so it is scale-free across datasets (whose returns differ by an order of magnitude);
     with no gain, or tolerance 0, it keeps the latest of the exact best."""
     best = max(mean_returns.values())
     floor = best - tolerance * max(best - untrained, 0.0)

@@ -33,7 +33,7 @@ def bertscore_f1(candidates: list[str], references: list[str], p: Params) -> lis
     Why rounded: the float sums inside BERTScore differ in the last bits between CPUs, so an exact match
     comes out as 0.9999999 on one machine and 1.0000001 on another. Unrounded, a rank statistic over many
     tied values (the Spearman rho of BERTScore with the task score on yes/no answers) ranks that noise and
-    moves from 0.93 to 1.00 between machines for the same tree. Four decimals keep every real difference.
+    moves between machines for the same tree. Four decimals keep every real difference.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

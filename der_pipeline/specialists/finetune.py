@@ -1,11 +1,9 @@
 """Fine-tune a cheap expert into a task specialist with LoRA, on the task's own training file.
 
-Why (README: Specialists): on SST-2 no cheap expert of the pool knows the task (smollm2-135m and
-gemma3-270m answer at chance), so no confidence signal can make a cheap answer worth trusting and a
-router can do no better than the 1.5B. A probe before this was built: smollm2-135m with a rank-16
-LoRA trained on 1,024 SST-2 training sentences scored 0.91 on the tree's queries, its confidence
-separating right from wrong at AUROC 0.86, and an offline cascade over it and the 1.5B matched the
-1.5B's train-split accuracy at 0.31x its cost.
+Why (docs: experts and engines, Specialists): where no cheap expert of the pool knows a task (on SST-2
+the small ones answer at chance), no confidence signal can make a cheap answer worth trusting and a router
+can do no better than the strongest expert; a cheap expert fine-tuned on the task's own training file can
+be both competent and cheap (the probe that motivated it is in the research log).
 
 How, every line visible:
 - the expert's GGUF, dequantised into a Hugging Face model (experts/hf_export.py), in float32;
@@ -24,7 +22,7 @@ The trained PEFT adapter is kept in the model cache (by the recipe's hash) befor
 an interrupted conversion costs no training. Training itself checkpoints there too: every
 ``CHECKPOINT_SECONDS`` the LoRA weights, the AdamW state and the losses so far are written atomically
 (a few MB, under a second), and a run of the same recipe resumes after the last checkpoint, so a kill
-costs at most that much training (SST-2's 8,192 examples are 512 steps, about 2.4 h on 2 cores). The
+costs at most that much training (a recipe of thousands of examples takes hours on 2 cores). The
 batches are fixed by the seeded order, there is no dropout, and the optimizer's state is restored
 exactly, so a resumed run makes the same adapter as an uninterrupted one on the same machine (tested).
 A finished run deletes its checkpoint. CPU arithmetic is deterministic on one machine, but another
