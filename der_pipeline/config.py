@@ -351,6 +351,7 @@ class EvaluateConfig:
     tune: TuneConfig
     cross_task: list[str]  # datasets mixed for one policy ([] = skip)
     cross_task_query_state: str  # the state of the mixture's policy that sees what the query is (env.py)
+    goal_cost_share: float  # the routing goal: the strongest expert's score at no more than this share of its cost
 
     def validate(self, key: str) -> None:
         _check(self.bootstrap >= 1, f"{key}.bootstrap", "an integer >= 1 (bootstrap resamples)")
@@ -365,6 +366,7 @@ class EvaluateConfig:
             _check(s in ("query_answer", "query_answer_confidence", "query", "confidence", "confidence_task"),
                    f"{key}.ablations.state",
                    "a list of query_answer / query_answer_confidence / query / confidence")
+        _check(0.0 < self.goal_cost_share <= 1.0, f"{key}.goal_cost_share", "a number in (0, 1]")
         _check(self.cross_task_query_state in ("query_answer", "query_answer_confidence", "query", "confidence",
                                                "confidence_task"), f"{key}.cross_task_query_state",
                "one of query_answer / query_answer_confidence / query / confidence / confidence_task")

@@ -25,7 +25,6 @@ from der_pipeline.config import Params
 from der_pipeline.data.sources import answer_type_of
 from der_pipeline.evaluate.aggregate import merge_aggregate_csv
 from der_pipeline.evaluate.common import der_policies, load_split, with_reward
-from der_pipeline.evaluate.findings import GOAL_COST_SHARE
 from der_pipeline.evaluate.frontier import aiq, apgr, cpt
 from der_pipeline.evaluate.names import expert_of, method_label
 from der_pipeline.evaluate.run import METRIC_LABEL
@@ -135,7 +134,7 @@ def goal_operating_point(p: Params, split, der_at: dict[float, list]) -> dict | 
     each alpha, DER's out-of-fold operating point (score, cost) is the mean over seeds of its folds'
     policies on their held-out folds (``CrossValidation.out_of_fold``, with the share of those policies that
     route every held-out query the same way). Among the alphas whose out-of-fold
-    cost is at most GOAL_COST_SHARE x c_s, the one with the highest out-of-fold score is kept (a tie, to 4
+    cost is at most evaluate.goal_cost_share x c_s, the one with the highest out-of-fold score is kept (a tie, to 4
     decimals, goes to the lower cost). None where a policy was not cross-validated (``ppo.selection_folds`` < 2);
     no alpha (``alpha`` None) where none keeps the cost within the budget. The verdict: DER's test score (per query,
     the mean over seeds) against the same expert's, with the paired bootstrap of the difference, and DER's
@@ -149,11 +148,11 @@ def goal_operating_point(p: Params, split, der_at: dict[float, list]) -> dict | 
         if any(pt is None for pt in points):
             return None
         oof[alpha] = {k: float(np.mean([pt[k] for pt in points])) for k in OUT_OF_FOLD_KEYS}
-    out = {"strongest": train.experts[strong], "share": GOAL_COST_SHARE,
+    out = {"strongest": train.experts[strong], "share": p.evaluate.goal_cost_share,
            "train": {"strongest_score": round(s_score, 4), "strongest_cost_gflops": round(s_cost, 2),
                      "der_out_of_fold": {str(a): {k: round(v, 4) for k, v in pt.items()} for a, pt in oof.items()}},
            "alpha": None}
-    within = [a for a, pt in oof.items() if pt["cost_gflops"] <= GOAL_COST_SHARE * s_cost]
+    within = [a for a, pt in oof.items() if pt["cost_gflops"] <= p.evaluate.goal_cost_share * s_cost]
     if not within:
         return out
     alpha = max(within, key=lambda a: (round(oof[a]["score"], 4), -oof[a]["cost_gflops"]))  # as reported
@@ -168,7 +167,7 @@ def goal_operating_point(p: Params, split, der_at: dict[float, list]) -> dict | 
         "der_score": round(float(der_q.mean()), 4), "der_cost_gflops": round(der_cost, 2),
         "strongest_score": round(float(strong_q.mean()), 4), "strongest_cost_gflops": round(strong_cost, 2),
         "cost_share": round(share, 4), **{k: round(v, 4) if isinstance(v, float) else v for k, v in test_.items()},
-        "met": bool(der_q.mean() >= strong_q.mean() and share <= GOAL_COST_SHARE)})
+        "met": bool(der_q.mean() >= strong_q.mean() and share <= p.evaluate.goal_cost_share)})
     return out
 
 

@@ -14,7 +14,6 @@ from der_pipeline.config import Params
 from der_pipeline.data.sources import answer_type_of
 from der_pipeline.evaluate.aggregate import merge_aggregate_json
 from der_pipeline.evaluate.common import load_split, public, saved_policies, summarize
-from der_pipeline.evaluate.findings import GOAL_COST_SHARE
 from der_pipeline.evaluate.names import expert_of, method_label
 from der_pipeline.evaluate.stats import auroc, paired_bootstrap
 from der_pipeline.io import atomic_write_bytes, write_json
@@ -66,7 +65,7 @@ def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
            "der_settings": {"form": p.reward.form, "alpha": p.reward.alpha},
            "best_single": best_single,
            "methods": {k: public(v) for k, v in methods.items()}, "roles": roles, "comparisons": comparisons,
-           "signal_auroc": signal_auroc(train), "goal_bound": cascade_bound(train, GOAL_COST_SHARE),
+           "signal_auroc": signal_auroc(train), "goal_bound": cascade_bound(train, p.evaluate.goal_cost_share),
            "training": training_summary(p, dataset)}
     return out, render_table(out) + "\n\n" + render_comparisons(out)
 

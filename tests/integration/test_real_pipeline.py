@@ -163,10 +163,11 @@ def test_dvc_status_is_clean_after_repro_and_after_rerunning_a_stage(project):
     assert "up to date" in dvc_status(project).lower()
 
 
-def test_editing_the_findings_marks_only_the_stages_that_run_them(project):
-    """Real DVC on the repro'd project: a one-line edit of evaluate/findings.py changes the stages whose code
-    deps hold it (evaluate onwards), and leaves generation, the signals and training up to date."""
-    path = project / "der_pipeline" / "evaluate" / "findings.py"
+def test_editing_the_evaluation_marks_only_the_stages_that_run_it(project):
+    """Real DVC on the repro'd project: a one-line edit of evaluate/stats.py changes the stages whose code deps
+    hold it (evaluate onwards), and leaves generation, the signals and training up to date (an edit of
+    evaluate/findings.py, which only `report` runs, changes no stage at all: tests/unit/test_stage_deps.py)."""
+    path = project / "der_pipeline" / "evaluate" / "stats.py"
     original = path.read_text()
     path.write_text(original + "\n# an edit\n")
     try:

@@ -21,7 +21,8 @@ def results(der_acc, der_cost, rr_p, best_p):
                         "oracle": method(0.9, 40.0)},
             "comparisons": [{"b": rr, "diff": der_acc - 0.7, "ci_low": -0.1, "ci_high": 0.2, "p_value": rr_p},
                             {"b": "single:big", "diff": der_acc - 0.8, "ci_low": -0.2, "ci_high": -0.01,
-                             "p_value": best_p}]}
+                             "p_value": best_p}],
+            "goal_bound": {"strong": "big", "strong_score": 0.8, "budget_share": 0.7, "best": None}}
 
 
 def test_status_line_counts_queries_and_tree_nodes():
