@@ -158,3 +158,23 @@ def test_vllm_cpu_build_makes_the_same_yes_no_answers_as_llama_cpp(tmp_path):
             print(f"  differs: {r['qid']} {r['path']}: vLLM {r['answer']!r} (yes_prob {r['yes_prob']:.2f}) against "
                   f"llama.cpp {ref[(r['qid'], r['path'])]!r}")
     assert sum(same) >= len(hop1) - 1  # bf16 on dequantised weights against the quantised ones: a near-tie may flip
+
+
+def test_a_dataset_with_its_own_engine_is_made_and_read_under_it(tmp_path):
+    """The real twin of tests/unit/test_tree_keys.py's backend_by_dataset test: BoolQ made by llama-server
+    while the default engine stays in-process llama.cpp; its nodes record llama-server, readers take them as
+    current, and a rerun makes nothing."""
+    require_path_or_skip(LLAMA_SERVER, "build it with `make llama-server`")
+    from der_pipeline.generate.tree import read_tree
+
+    params = write_params_in(tmp_path / "own", n=1, chunk=1, backend_by_dataset={"boolq": "llamaserver"},
+                             llamaserver={"binary": str(LLAMA_SERVER), "slots": 2})
+    run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
+    out = run_cli(["generate", "--params", str(params), "--no-progress"], cwd=tmp_path).stdout
+    assert json.loads(out.strip().splitlines()[-1])["nodes_generated"] == 6
+    p = load_params(params)
+    assert p.generation.backend == "llamacpp" and p.backend_for("boolq") == "llamaserver"
+    read = read_tree(p, "boolq")
+    assert read.nodes.num_rows == 6 and set(read.nodes["backend"].to_pylist()) == {"llamaserver"}
+    again = run_cli(["generate", "--params", str(params), "--no-progress"], cwd=tmp_path).stdout
+    assert json.loads(again.strip().splitlines()[-1])["nodes_generated"] == 0

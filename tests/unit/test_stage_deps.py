@@ -21,7 +21,7 @@ def test_each_stage_lists_exactly_the_package_files_it_runs(stage):
 
 def test_the_report_and_the_findings_rerun_no_stage():
     """They render the results; only `der-pipeline report` runs them, which is no DVC stage."""
-    for stage, spec in STAGES.items():
+    for spec in STAGES.values():
         deps = set(spec["deps"])
         assert "der_pipeline/evaluate/findings.py" not in deps and "der_pipeline/evaluate/report.py" not in deps
     assert "der_pipeline/evaluate/run.py" in STAGES["evaluate"]["deps"]

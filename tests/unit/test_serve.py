@@ -11,6 +11,8 @@ import httpx2 as httpx
 import openai
 import pytest
 import torch
+from conftest import uvicorn_in_thread
+from fakes import FakeBackend
 
 from der_pipeline.router.arrays import CONF_FEATURES
 from der_pipeline.router.env import obs_dim
@@ -18,8 +20,6 @@ from der_pipeline.router.live import LiveRouter, Policy
 from der_pipeline.router.ppo import Agent
 from der_pipeline.serve.app import create_app
 from der_pipeline.serve.service import RouterService
-from conftest import uvicorn_in_thread
-from fakes import FakeBackend
 
 
 def untrained_policy(n: int, alpha: float, state="query_answer_confidence") -> Policy:
