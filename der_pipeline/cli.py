@@ -642,7 +642,16 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
         default = Policy.load(policy_path(p, dataset), names)
         extra = [Policy.load(path, names) for path in policy or []]
         typer.echo(f"loading {len(names)} experts ({', '.join(names)}) and the embedder ...", err=True)
-        routers = fit_live_routers(p, dataset, router or None)
+        try:
+            routers = fit_live_routers(p, dataset, router or None)
+        except (FileNotFoundError, ValueError) as exc:
+            if router:  # asked for by name: they must be there
+                raise
+            # the routers are fitted on the dataset's tree as the current engine reads it; with another
+            # engine (say the experts served elsewhere) there may be none to fit on: serve der and the experts
+            typer.secho(f"warning: serving no baseline routers ({exc}); `der` and the experts are served",
+                        fg="yellow", err=True)
+            routers = {}
         live = LiveRouter(p, answer_type_of(p, dataset), preload=True, breaker_failures=breaker_failures,
                           breaker_cooldown_s=breaker_cooldown_s, expert_timeout_s=expert_timeout_s or None)
         service = RouterService(live, dataset, default, extra, routers=routers)

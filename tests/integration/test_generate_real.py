@@ -256,7 +256,7 @@ def test_cli_generate_with_a_missing_model_fails_cleanly_naming_the_expert(tmp_p
     params = write_params(tmp_path, n=1, experts=bad)
     run_cli(["prepare", "--params", str(params)], cwd=tmp_path)
     proc = run_cli(["generate", "--params", str(params)], cwd=tmp_path, check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # a setting's fault: exit 2, as a bad key
     assert "expert 'mine'" in proc.stderr and "model file not found" in proc.stderr
 
 

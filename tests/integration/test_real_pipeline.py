@@ -72,6 +72,7 @@ def small_params(raw):
     raw["evaluate"]["bootstrap"] = 100
     raw["evaluate"]["mlp_epochs"] = 50
     raw["budget"].update(shares=[0.5], steps=1)  # the budgets stage: one budget, a short search
+    raw["compute"]["workers"] = 1  # two-query trees train in well under a worker process's start-up
     # one reward form and one preset, two states: every kind of ablation row, fewer PPO runs
     raw["evaluate"]["ablations"].update(reward=["terminal", "der-paper"],
                                         state=["query_answer_confidence", "confidence"])

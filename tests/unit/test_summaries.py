@@ -121,12 +121,13 @@ def test_signal_auroc_by_hand():
     # e0: right on a, b (0.5 counts as right), wrong on c (0.49), d.
     # yes margin |2 P(yes) - 1|: right [0.5, 0], wrong [0.5, 0.25] -> pairs 0.5 (tie) + 1 + 0 + 0 = 1.5 of 4
     # first_prob: right [0.9, 0.7], wrong [0.3, 0.7] -> 1 + 1 + 1 + 0.5 (tie) = 3.5 of 4
-    # mean_prob: every right answer below every wrong one -> 0; min_prob: all tied -> 0.5
+    # mean_prob: every right answer below every wrong one -> 0; min_prob: the same on every query -> no
+    # information, reported as None (not an AUROC of 0.5)
     assert out["e0"] == {"right_share": 0.5, "yes_margin": 0.375, "first_prob": 0.875, "mean_prob": 0.0,
-                         "min_prob": 0.5}
-    # e1: right on a only. margin 0 everywhere -> 0.5; first_prob 0.6 against [0.1, 0.2, 0.9] -> 2 of 3;
+                         "min_prob": None}
+    # e1: right on a only. margin 0 everywhere -> None; first_prob 0.6 against [0.1, 0.2, 0.9] -> 2 of 3;
     # mean_prob 1.0 against zeros -> 1; min_prob 0.3 against [0.3, 0.1, 0.5] -> 0.5 + 1 + 0 = 1.5 of 3
-    assert out["e1"] == {"right_share": 0.25, "yes_margin": 0.5, "first_prob": 0.6667, "mean_prob": 1.0,
+    assert out["e1"] == {"right_share": 0.25, "yes_margin": None, "first_prob": 0.6667, "mean_prob": 1.0,
                          "min_prob": 0.5}
     # e2 is always right: no wrong answer to tell apart, so no AUROC
     assert out["e2"] == {"right_share": 1.0, "yes_margin": None, "first_prob": None, "mean_prob": None,
