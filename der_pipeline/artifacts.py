@@ -96,6 +96,11 @@ def policy_path(p: Params, dataset: str, seed: int | None = None, root: Path | N
     return base / f"seed-{p.seeds[0] if seed is None else seed}" / "policy.pt"
 
 
+def budget_policy_path(p: Params, dataset: str, share: float) -> Path:
+    """The budgets stage's policy for one share (its first seed's): what `serve` offers as der@<share>."""
+    return results_dir(p, "budgets", dataset) / f"policy-{share:g}.pt"
+
+
 def results_dir(p: Params, stage: str, dataset: str | None = None) -> Path:
     """results/<stage>/<dataset>/: each evaluation stage owns one folder (one DVC out)."""
     base = p.path("results") / stage

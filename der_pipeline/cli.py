@@ -558,14 +558,18 @@ def ask(question: str = typer.Argument(..., help="the question to answer"),
 
 
 @app.command()
-def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
-                                      help="whose trained policy (and answer format) to serve"),
+def serve(dataset: Optional[list[str]] = typer.Option(
+              None, "--dataset", "-d",
+              help="whose trained policies (and answer format) to serve (repeatable; default boolq): with several, "
+                   "ids are qualified by the dataset (der/sst2@0.5, cascade/sst2) and the first is also served "
+                   "unqualified"),
           host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default; beyond it, set "
                                                     "--api-key, or a warning is printed)"),
           port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
           policy: Optional[list[Path]] = typer.Option(
-              None, "--policy", help="another trained policy.pt to serve as der:<its alpha> (repeatable), e.g. "
-                                     "from `der-pipeline train --alpha 0.3 --out runs/a03`"),
+              None, "--policy", help="another trained policy.pt to serve as der:<its alpha>, or der@<share> "
+                                     "for one fitted to a budget (repeatable; DATASET=PATH for a dataset other "
+                                     "than the first), e.g. from `der-pipeline train --cost-share 0.5`"),
           router: Optional[list[str]] = typer.Option(
               None, "--router", help="a router of the registry to serve by its id, fitted on the dataset's train "
                                      "split at start-up (repeatable; default: every one that routes live: "
@@ -593,13 +597,19 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
           max_input_chars: int = typer.Option(
               100_000, "--max-input-chars", min=1,
               help="largest question + context in characters, checked before any tokenisation (400 past it)"),
+          workers: int = typer.Option(
+              1, "--workers", min=1,
+              help="worker processes (each loads the pool: use with served experts, the openai or llamaserver "
+                   "backend); any worker answers any request, /metrics sums them all"),
           params: Path = ParamsOpt) -> None:
     """Serve the trained router as an OpenAI-compatible endpoint (POST /v1/chat/completions, GET /v1/models,
     GET /health, GET /metrics).
 
     The last user message is the question; the passage goes in a `context` field of the request body or in a
     system message. `model` picks the router: `der` (the policy `ask` uses: models/<dataset>/seed-<first seed>),
-    `der:<alpha>` (a policy trained at that cost weight; see --policy), a baseline router by its id (`cascade`,
+    `der:<alpha>` (a policy trained at that cost weight; see --policy), `der@<share>` (a policy fitted to spend
+    at most that share of the reference expert's cost: the budgets stage's, or --policy from
+    `train --cost-share`), a baseline router by its id (`cascade`,
     `best_fixed`, `knn`, `mlp`, ...; see --router), or an expert's name to call that expert alone. The reply is a
     chat completion whose content is the last expert's answer, with `usage` summed over the
     expert calls and a `der` object: the path, every step (expert, action probabilities, answer, confidence,
@@ -614,57 +624,66 @@ def serve(dataset: str = typer.Option("boolq", "--dataset", "-d",
     (openai, llamaserver) up to generation.openai.concurrency / generation.llamaserver.slots at once. GET /health
     lists the experts whose circuit breaker is open; GET /metrics is Prometheus' text format (requests by model
     and status, latency, expert calls and failures, cost per request). One log line per request.
+    GET /v1/models lists every id with its dataset, and a policy's alpha and cost share.
+
+    Several datasets: `-d boolq -d sst2` serves both over one pool (each model loads once); `der/sst2@0.5`
+    names sst2's budget policy, `cascade/sst2` its cascade; the dataset picks the prompt and the parser.
 
     Example: from openai import OpenAI; c = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none");
     c.chat.completions.create(model="der", messages=[{"role": "user", "content": "Is Paris in France?"}])"""
     import logging
+    import os
+    import tempfile
 
     import uvicorn
 
-    from der_pipeline.artifacts import dataset_params, policy_path
-    from der_pipeline.data.sources import answer_type_of
-    from der_pipeline.router.live import LiveRouter, Policy
-    from der_pipeline.router.registry import fit_live_routers
     from der_pipeline.serve.app import ServeOptions, bind_warning, create_app
-    from der_pipeline.serve.service import RouterService
+    from der_pipeline.serve.build import CONFIG_ENV, ServeConfig, build_services, load_policies
 
     p = _load(params)
-    _known_dataset(p, dataset)
+    datasets = list(dict.fromkeys(dataset or ["boolq"]))
+    for ds in datasets:
+        _known_dataset(p, ds)
     check_port(host, port)  # before any model loads (that takes seconds)
     warning = bind_warning(host, api_key)
     if warning:
         typer.echo(warning, err=True)
     _require_models(p, backends={p.generation.backend})
+    if workers > 1 and p.generation.backend not in ("openai", "llamaserver"):
+        typer.secho(f"warning: --workers {workers} with the {p.generation.backend} backend loads every model in "
+                    f"each worker; served experts (openai, llamaserver) are what workers are for", fg="yellow",
+                    err=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        p = dataset_params(p, dataset)  # the pool this dataset's policy was trained on (its specialist, if any)
-        names = p.expert_names()
-        default = Policy.load(policy_path(p, dataset), names)
-        extra = [Policy.load(path, names) for path in policy or []]
-        typer.echo(f"loading {len(names)} experts ({', '.join(names)}) and the embedder ...", err=True)
-        try:
-            routers = fit_live_routers(p, dataset, router or None)
-        except (FileNotFoundError, ValueError) as exc:
-            if router:  # asked for by name: they must be there
-                raise
-            # the routers are fitted on the dataset's tree as the current engine reads it; with another
-            # engine (say the experts served elsewhere) there may be none to fit on: serve der and the experts
-            typer.secho(f"warning: serving no baseline routers ({exc}); `der` and the experts are served",
-                        fg="yellow", err=True)
-            routers = {}
-        live = LiveRouter(p, answer_type_of(p, dataset), preload=True, breaker_failures=breaker_failures,
-                          breaker_cooldown_s=breaker_cooldown_s, expert_timeout_s=expert_timeout_s or None)
-        service = RouterService(live, dataset, default, extra, routers=routers)
-    except _user_errors() as exc:
-        _fail(exc)
     options = ServeOptions(api_key=api_key or None, max_in_flight=max_in_flight, timeout_s=timeout_s,
                            max_body_bytes=max_body_bytes, max_input_chars=max_input_chars)
-    typer.echo(f"serving {service.model_ids()} for {dataset} at http://{host}:{port}/v1"
-               f"{' (API key required)' if options.api_key else ''}", err=True)
+    cfg = ServeConfig(params=str(params), datasets=datasets, policies=[str(x) for x in policy or []],
+                      routers=list(router) if router else None, breaker_failures=breaker_failures,
+                      breaker_cooldown_s=breaker_cooldown_s, expert_timeout_s=expert_timeout_s or None,
+                      options={k: getattr(options, k) for k in options.__dataclass_fields__})
+    key_note = " (API key required)" if options.api_key else ""
+    if workers > 1:  # uvicorn starts the workers; each builds the same server from the config
+        try:
+            load_policies(cfg)  # a bad --policy fails here, once, not in every worker
+        except _user_errors() as exc:
+            _fail(exc)
+        os.environ[CONFIG_ENV] = cfg.to_json()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="der-serve-metrics-")
+        typer.echo(f"serving {', '.join(datasets)} at http://{host}:{port}/v1 with {workers} workers{key_note}",
+                   err=True)
+        uvicorn.run("der_pipeline.serve.build:worker_app", factory=True, workers=workers, host=host, port=port,
+                    access_log=False, log_level="info")
+        return
+    typer.echo(f"loading the experts and the embedder for {', '.join(datasets)} ...", err=True)
     try:
-        uvicorn.run(create_app(service, options), host=host, port=port, access_log=False, log_level="info")
+        services = build_services(cfg, warn=lambda msg: typer.secho(msg, fg="yellow", err=True))
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"serving {services.model_ids()} at http://{host}:{port}/v1{key_note}", err=True)
+    try:
+        uvicorn.run(create_app(services, options), host=host, port=port, access_log=False, log_level="info")
     finally:
-        live.close()
+        for live in services.lives():
+            live.close()
 
 @app.command()
 def demo(rerun: bool = typer.Option(False, "--rerun", help="rerun the whole chain with the real experts on a small "
@@ -672,17 +691,27 @@ def demo(rerun: bool = typer.Option(False, "--rerun", help="rerun the whole chai
                                                             "results"),
          sample: int = typer.Option(8, min=1, help="with --rerun: BoolQ queries to run through the whole chain"),
          workdir: Path = typer.Option(Path("runs/demo"), help="with --rerun: where its data, models and results go"),
+         steps: str = typer.Option("1,2,3", help="with --rerun: which of the three steps to run, e.g. 2 or 1,3"),
          params: Path = ParamsOpt) -> None:
-    """Show the committed results tables (seconds); with --rerun, run prepare -> ... -> evaluate on a small
-    BoolQ sample with the real default experts and end with its results table."""
+    """Show the committed results tables (seconds). With --rerun, three labelled steps: (1) prepare -> generate ->
+    confidence -> embed -> score -> train on a small BoolQ sample with the real default experts, printing what
+    each stage made; (2) the committed policies and every baseline judged on the committed full trees (no LLM),
+    ending with the headline table; (3) one question routed live through the real experts."""
     from der_pipeline.demo import committed_results, run_demo
 
     p = _load(params)
     try:
-        md = run_demo(p, sample=sample, workdir=workdir) if rerun else committed_results(p)
+        if rerun:
+            try:
+                chosen = tuple(int(x) for x in steps.split(","))
+            except ValueError:
+                raise typer.BadParameter(f"{steps!r}: give step numbers separated by commas, e.g. 1,3",
+                                         param_hint="--steps") from None
+            run_demo(p, sample=sample, workdir=workdir, echo=typer.echo, steps=chosen)
+        else:
+            typer.echo(committed_results(p))
     except Exception as exc:  # noqa: BLE001 - surface any failure as a clean message
         _fail(exc)
-    typer.echo(md)
 
 
 def main() -> None:  # pragma: no cover

@@ -182,6 +182,58 @@ def on_free_port(start, attempts: int = 3):
                 raise RuntimeError(f"no port could be bound in {attempts} tries; the last: {exc}") from exc
 
 
+def serve_process(params: Path, datasets=("boolq",), extra=(), timeout: float = 600, env=None):
+    """`der-pipeline serve` as a subprocess on a probed port (its --port cannot be 0), started again on another
+    when the port turns out to be taken (``on_free_port``); returns (process, base URL) once /health answers
+    naming the first dataset. A TimeoutError when it does not within ``timeout``; an AssertionError with its
+    output when it exits first."""
+    import httpx2 as httpx
+
+    def attempt(port):
+        ds = [a for d in datasets for a in ("-d", d)]
+        proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "serve", *ds, "--port", str(port),
+                                 "--params", str(params), *extra], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+        base = f"http://127.0.0.1:{port}"
+
+        def state():
+            if proc.poll() is not None:
+                return "exited"
+            try:
+                r = httpx.get(f"{base}/health", timeout=2)
+            except httpx.TransportError:
+                return None
+            # ours, not whatever else took the port after the probe: its health names the dataset it serves
+            return "up" if r.status_code == 200 and r.json().get("dataset") == datasets[0] else None
+
+        try:
+            got = wait_until(state, timeout, f"der-pipeline serve answering {base}/health", interval=0.5)
+        except TimeoutError:
+            proc.kill()
+            proc.wait()
+            raise
+        if got == "exited":
+            out = proc.stdout.read()
+            if "address already in use" in out.lower():  # at serve's own check, or at uvicorn's bind
+                raise PortTaken(f"port {port}: {out[-500:]}")
+            raise AssertionError(f"serve exited {proc.returncode}:\n{out}")
+        return proc, base
+
+    return on_free_port(attempt)
+
+
+def stop_process(proc) -> str:
+    """Terminate ``proc`` (then kill it after 30 s); its output."""
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
+
+
 @pytest.fixture(scope="session")
 def repo_params():
     return load_params(REPO / "params.yaml")

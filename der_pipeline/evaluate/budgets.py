@@ -9,18 +9,21 @@ non-inferiority (margin ``budget.margin``; with the minimal detectable differenc
 and DER against the cascade and the random mix by the paired bootstrap. Where two methods route every test
 query alike, no test is run: they are the same policy there.
 
-Writes results/budgets/<dataset>/{budgets.json, budgets.md, score_by_share.png}.
+Writes results/budgets/<dataset>/{budgets.json, budgets.md, score_by_share.png, policy-<share>.pt} (the first
+seed's policy at each share: what `serve` offers as ``der@<share>``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from der_pipeline.artifacts import dataset_params, results_dir
+from der_pipeline.artifacts import budget_policy_path, dataset_params, results_dir
 from der_pipeline.config import Params
 from der_pipeline.evaluate.common import load_split, summarize
 from der_pipeline.evaluate.stats import non_inferiority, paired_bootstrap
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.budget import fit_budget, reference_index
+from der_pipeline.router.checkpoint import save_policy
+from der_pipeline.router.env import obs_dim
 from der_pipeline.router.methods import BudgetCascade, PolicyRouter, RandomMix, one_hot_paths
 from der_pipeline.router.parallel import train_many
 from der_pipeline.router.selection import selection_folds
@@ -56,9 +59,13 @@ def budgets_dataset(p: Params, dataset: str) -> dict:
     for share in p.budget.shares:
         fit = fit_budget(train, p, dataset, share, p.seeds[0], split.scale)
         q = p.override("reward", alpha=fit.alpha)
-        agents = [a for a, _ in train_many([dict(arrays=train, reward=q.reward, cfg=q.ppo, seed=s, scale=split.scale,
-                                                 budget_gflops=fit.budget_gflops) for s in p.seeds],
-                                           p.compute.workers)]
+        trained = train_many([dict(arrays=train, reward=q.reward, cfg=q.ppo, seed=s, scale=split.scale,
+                                   budget_gflops=fit.budget_gflops) for s in p.seeds], p.compute.workers)
+        agents, last = [a for a, _ in trained], (trained[0][1] or [{}])[-1]
+        save_policy(agents[0], budget_policy_path(p, dataset, share), experts=train.experts, scale=split.scale, p=q,
+                    obs_dim=obs_dim(q.ppo.state, train.q_emb.shape[1], train.conf1.shape[-1], train.n_experts),
+                    seed=p.seeds[0], cost_share=share, out_of_fold=last.get("out_of_fold"),
+                    fixed_path_check=last.get("fixed_path_check"))
         der_w = [PolicyRouter(a, split.scale, q.reward, state=q.ppo.state).route(test) for a in agents]
         cascade = BudgetCascade(fit.budget_gflops, tuple(p.budget.cascade_directions)).fit(train, q)
         mix = RandomMix(ref, fit.budget_gflops).fit(train, q)

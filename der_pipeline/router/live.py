@@ -163,6 +163,7 @@ class Policy:
     alpha: float
     seed: int | None
     fixed_path: dict | None = None  # set where the best fixed path stands in for the learned policy (ppo.fallback)
+    cost_share: float | None = None  # fitted to a budget (router/budget.py): served as der@<share>
 
     @classmethod
     def load(cls, path: Path, experts: list[str]) -> Policy:
@@ -171,7 +172,7 @@ class Policy:
             raise ValueError(f"{path}: the policy was trained for experts {ckpt['experts']}; params.yaml has {experts}")
         fixed = ckpt.get("fixed_path_check") if ckpt.get("fixed_path") is not None else None
         return cls(Path(path), agent, ckpt["ppo"]["state"], ckpt["reward"]["actions"] == "ktp_only",
-                   float(ckpt["reward"]["alpha"]), ckpt.get("seed"), fixed)
+                   float(ckpt["reward"]["alpha"]), ckpt.get("seed"), fixed, ckpt.get("cost_share"))
 
     @property
     def reads_query(self) -> bool:
@@ -303,28 +304,42 @@ class LiveRouter:
     ``breaker_failures`` failures in a row open an expert's circuit breaker for ``breaker_cooldown_s`` (0: never);
     ``expert_timeout_s`` bounds one call to a served expert on the async path (None: the client's own timeout);
     ``on_call(expert, outcome, seconds)`` is told of every call made (outcome "ok", "error" or "timeout") and of
-    every call not made because the expert's breaker is open (outcome "circuit_open", 0 s)."""
+    every call not made because the expert's breaker is open (outcome "circuit_open", 0 s).
+
+    ``share``: another dataset's LiveRouter whose pool this one uses (`serve --dataset A --dataset B`): the same
+    loaded models, locks, slots, circuit breakers and clients, so that two datasets never load a model twice
+    nor call an in-process model at once; only the prompts and the answer parser are this dataset's."""
 
     # room a chat template adds around the messages' text (role markers, BOS): a conservative bound
     TEMPLATE_TOKENS = 64
 
     def __init__(self, p: Params, answer_type: str, backend: Backend | None = None, preload: bool = False,
-                 breaker_failures: int = 3, breaker_cooldown_s: float = 30.0, expert_timeout_s: float | None = None):
+                 breaker_failures: int = 3, breaker_cooldown_s: float = 30.0, expert_timeout_s: float | None = None,
+                 share: LiveRouter | None = None):
         check_models(p)
         self.p, self.answer_type = p, answer_type
         self.names = p.expert_names()
-        self.backend = backend or make_backend(p.generation)
+        if share is not None and backend is None and share.p.generation != p.generation:
+            share = None  # another engine (generation.backend_by_dataset): nothing to share
+        self.owns_backend = share is None or backend is not None
+        self.backend = backend or (share.backend if share is not None else make_backend(p.generation))
         self.served = self.backend.name in SERVED_BACKENDS
         g = p.generation
         self.capacity = (g.openai.concurrency if self.backend.name == "openai" else
                          g.llamaserver.slots if self.backend.name == "llamaserver" else 1)
-        self._locks = {n: threading.Lock() for n in self.names}  # an in-process model: one call at a time
-        self._slots = {n: threading.BoundedSemaphore(self.capacity) for n in self.names}  # a served one: capacity
-        self._embed_lock = threading.Lock()
-        self.breakers = {n: Breaker(breaker_failures, breaker_cooldown_s) for n in self.names}
+        shared = share if share is not None and not self.owns_backend else None
+        self._locks = shared._locks if shared else {}  # an in-process model: one call at a time
+        self._slots = shared._slots if shared else {}  # a served one: up to its capacity
+        self.breakers = shared.breakers if shared else {}
+        for n in self.names:
+            self._locks.setdefault(n, threading.Lock())
+            self._slots.setdefault(n, threading.BoundedSemaphore(self.capacity))
+            self.breakers.setdefault(n, Breaker(breaker_failures, breaker_cooldown_s))
+        self._embed_lock = share._embed_lock if share is not None else threading.Lock()
         self.expert_timeout_s = expert_timeout_s
         self.on_call = None
-        self._loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its gates, clients
+        # event loop -> its gates and clients
+        self._loops: weakref.WeakKeyDictionary = shared._loops if shared else weakref.WeakKeyDictionary()
         if preload:
             for e in p.experts:
                 self._model(e)
@@ -341,7 +356,8 @@ class LiveRouter:
             return model(expert)
 
     def close(self) -> None:
-        self.backend.close()
+        if self.owns_backend:
+            self.backend.close()
 
     async def aclose(self) -> None:
         """Close the async clients made on the running loop (`serve`'s shutdown)."""
@@ -437,8 +453,10 @@ class LiveRouter:
         loop = asyncio.get_running_loop()
         per_loop = self._loops.get(loop)
         if per_loop is None:
-            per_loop = self._loops[loop] = {"gates": {n: asyncio.Semaphore(self.capacity) for n in self.names},
-                                            "clients": {}}
+            per_loop = self._loops[loop] = {"gates": {}, "clients": {}}
+        for n in self.names:  # a pool shared with another dataset's router may lack this one's specialist
+            if n not in per_loop["gates"]:
+                per_loop["gates"][n] = asyncio.Semaphore(self.capacity)
         return per_loop
 
     def _async_client(self, expert: ExpertSpec) -> _ServedClient:

@@ -13,6 +13,7 @@ confidence) also routes live, one decision at a time (``act``), so `serve` can s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,22 +203,35 @@ class MLPRouter(PredictedQualityRouter):
 
     def fit(self, train: TreeArrays, p: Params) -> MLPRouter:
         self._fit_price(train, p, self.alpha)
-        torch.manual_seed(self.seed)
-        x = torch.as_tensor(train.q_emb, dtype=torch.float32)
-        y = torch.as_tensor(train.quality(p.reward)[0], dtype=torch.float32).clamp(0, 1)
-        self.net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.ReLU(),
-                                       torch.nn.Linear(64, train.n_experts))
-        opt = torch.optim.Adam(self.net.parameters(), lr=1e-3, weight_decay=1e-3)
-        for _ in range(p.evaluate.mlp_epochs):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        with one_thread():
+            torch.manual_seed(self.seed)
+            x = torch.as_tensor(train.q_emb, dtype=torch.float32)
+            y = torch.as_tensor(train.quality(p.reward)[0], dtype=torch.float32).clamp(0, 1)
+            self.net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.ReLU(),
+                                           torch.nn.Linear(64, train.n_experts))
+            opt = torch.optim.Adam(self.net.parameters(), lr=1e-3, weight_decay=1e-3)
+            for _ in range(p.evaluate.mlp_epochs):
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
         return self
 
     def predict_embeddings(self, q_emb: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
+        with one_thread(), torch.no_grad():
             return torch.sigmoid(self.net(torch.as_tensor(q_emb, dtype=torch.float32))).numpy()
+
+
+@contextmanager
+def one_thread():
+    """torch on one thread inside, as before outside: how a reduction is split over threads changes its
+    rounding, so a fit that must reproduce everywhere runs on one (der_pipeline/__init__.py has the other half)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def allowed_paths(n: int, ktp_only: bool) -> np.ndarray:

@@ -23,6 +23,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import re
 import socket
 import time
@@ -38,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from der_pipeline.router.live import ExpertCallError, ExpertUnavailableError, InputError, PromptTooLongError, Routed
 from der_pipeline.serve.metrics import Metrics
-from der_pipeline.serve.service import Question, RouterService, UnknownModelError, scrub
+from der_pipeline.serve.service import Question, RouterService, Services, UnknownModelError, scrub
 
 log = logging.getLogger("der_pipeline.serve")
 
@@ -295,15 +296,24 @@ def _retrieve(task: asyncio.Task) -> None:
         task.exception()  # retrieved: a task cancelled too late may still end in an error
 
 
-def create_app(service: RouterService, options: ServeOptions | None = None) -> FastAPI:
+def create_app(service: RouterService | Services, options: ServeOptions | None = None,
+               close_experts: bool = False) -> FastAPI:
+    """The app for one dataset's service, or for several (``Services``: ids qualified by the dataset);
+    ``close_experts``: stop the experts' engines (llama-server children) at shutdown (a worker process)."""
     options = options or ServeOptions()
-    metrics = Metrics(service.live.names)
-    service.live.on_call = metrics.expert_call
+    services = service if isinstance(service, Services) else Services([service])
+    metrics = Metrics(services.experts())
+    for live in services.lives():
+        live.on_call = metrics.expert_call
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        await service.live.aclose()
+        for live in services.lives():
+            await live.aclose()
+        if close_experts:
+            for live in services.lives():
+                live.close()
 
     app = FastAPI(title="der-pipeline router", description="DER: a PPO policy routing each question through a "
                   "pool of local LLM experts; OpenAI-compatible.", lifespan=lifespan)
@@ -329,25 +339,27 @@ def create_app(service: RouterService, options: ServeOptions | None = None) -> F
 
     @app.get("/health")
     async def health() -> dict:
-        breakers = {k: {**v, "last_error": scrub(v["last_error"])} for k, v in service.live.open_breakers().items()}
-        return {"status": "degraded" if breakers else "ok", "dataset": service.dataset,
-                "models": service.model_ids(), "open_breakers": breakers}
+        breakers = {k: {**v, "last_error": scrub(v["last_error"])} for k, v in services.open_breakers().items()}
+        return {"status": "degraded" if breakers else "ok", "dataset": services.default.dataset,
+                "datasets": services.datasets, "models": services.model_ids(), "open_breakers": breakers,
+                "worker": os.getpid()}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(metrics.render(service.live.open_breakers()), media_type=metrics.content_type)
+        return Response(metrics.render(services.open_breakers()), media_type=metrics.content_type)
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": service.created,
-                                            "owned_by": "der-pipeline"} for m in service.model_ids()]}
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": services.created,
+                                            "owned_by": "der-pipeline", **services.describe(m)}
+                                           for m in services.model_ids()]}
 
     @app.post(CHAT)
     async def chat(body: ChatRequest, request: Request):
         t0 = time.perf_counter()
         state = request.state
         state.note = f"model={body.model}"
-        state.model = service.canonical(body.model) or "unknown"
+        state.model = services.canonical(body.model) or "unknown"
         try:
             body.check_supported()
             q = body.question()
@@ -355,8 +367,8 @@ def create_app(service: RouterService, options: ServeOptions | None = None) -> F
             if chars > options.max_input_chars:
                 raise BadRequest(f"the question and context are {chars} characters, over this server's limit of "
                                  f"{options.max_input_chars} (serve --max-input-chars)", "messages", "input_too_long")
-            target = service.resolve(body.model)
-            routed = service.live.start(q.question, q.context)
+            svc, target = services.resolve(body.model)
+            routed = svc.live.start(q.question, q.context)
         except UnknownModelError as exc:
             state.note += f" error={exc}"
             return error(404, str(exc), "invalid_request_error", "model", "model_not_found")
@@ -364,7 +376,7 @@ def create_app(service: RouterService, options: ServeOptions | None = None) -> F
             state.note += f" error={exc}"
             return error(400, str(exc), "invalid_request_error", getattr(exc, "param", "messages"),
                          getattr(exc, "code", "invalid_value"))
-        work = asyncio.ensure_future(service.aanswer(target, routed))
+        work = asyncio.ensure_future(svc.aanswer(target, routed))
         work.add_done_callback(_retrieve)
         gone = asyncio.ensure_future(wait_for_disconnect(request))
         try:
@@ -402,7 +414,7 @@ def create_app(service: RouterService, options: ServeOptions | None = None) -> F
         if routed.degraded:
             state.note += " degraded=" + ",".join(f"{d['expert']}({d['reason'][:80]})" for d in routed.degraded)
         metrics.answered(state.model, routed.cost_gflops, [d["expert"] for d in routed.degraded])
-        body_out = service.completion(body.model, routed, latency)
+        body_out = svc.completion(body.model, routed, latency, local=services.split(body.model)[1])
         if not body.stream:
             return JSONResponse(body_out)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -12,11 +12,17 @@ der_expert_call_duration_seconds{expert}   expert call latency (histogram)
 der_requests_in_flight                     chat completions being answered now
 der_breaker_open{expert}                   1 while the expert's circuit breaker is open
 
-Each app has its own registry (so several servers in one process count apart).
+Each app has its own registry (so several servers in one process count apart). Under `serve --workers N`
+(``PROMETHEUS_MULTIPROC_DIR`` set by `serve` before the workers start) every worker writes its values to
+that folder and /metrics, whichever worker answers it, sums them (prometheus-client's multiprocess mode):
+the gauges count live workers only.
 """
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 COST_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000)
@@ -41,9 +47,10 @@ class Metrics:
                                        "made (circuit_open)", ["expert", "reason"], registry=r)
         self.expert_latency = Histogram("der_expert_call_duration_seconds", "expert call latency", ["expert"],
                                         buckets=LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge("der_requests_in_flight", "chat completions being answered now", registry=r)
+        self.in_flight = Gauge("der_requests_in_flight", "chat completions being answered now", registry=r,
+                               multiprocess_mode="livesum")
         self.breaker = Gauge("der_breaker_open", "1 while the expert's circuit breaker is open", ["expert"],
-                             registry=r)
+                             registry=r, multiprocess_mode="livemax")
         self.experts = list(experts)
         for e in self.experts:
             self.breaker.labels(e).set(0)
@@ -68,4 +75,8 @@ class Metrics:
     def render(self, open_breakers: dict) -> bytes:
         for e in self.experts:
             self.breaker.labels(e).set(1 if e in open_breakers else 0)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers: the sum of every worker's values
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)

@@ -2,10 +2,16 @@
 
 Model ids (after RouteLLM's server, where ``model`` names the router): ``der`` is the policy that
 ``ask`` loads (models/<dataset>/seed-<first seed>), ``der:<alpha>`` a policy trained with that cost
-weight (the default one, and any given with ``--policy``), every live router of the registry by its id
-(``cascade``, ``best_fixed``, ``knn``, ``mlp``, ..., fitted on the train split as evaluate fits them), and
-an expert's name calls that expert directly, so a client can compare the routers with each expert on the
-same question.
+weight (the default one, and any given with ``--policy``), ``der@<share>`` a policy fitted to spend at most
+that share of the reference expert's cost (`train --cost-share`, or the budgets stage's
+results/budgets/<dataset>/policy-<share>.pt), every live router of the registry by its id (``cascade``,
+``best_fixed``, ``knn``, ``mlp``, ..., fitted on the train split as evaluate fits them), and an expert's
+name calls that expert directly, so a client can compare the routers with each expert on the same question.
+
+A server of several datasets (``Services``) serves each one's ids qualified by the dataset after a slash,
+before any ``:alpha`` or ``@share``: ``der/sst2@<share>``, ``der/boolq:<alpha>``, ``cascade/sst2``,
+``<expert>/sst2``; the dataset picks the prompt and the answer parser. The unqualified ids name the
+first dataset's, so a one-dataset client needs no change.
 
 A policy is named in responses by its model id and a short hash of its file's content, never by its path: no
 response carries a path of the server's. Error messages that reach a client go through ``scrub``.
@@ -42,6 +48,15 @@ def alpha_id(alpha: float) -> str:
     return f"der:{alpha:g}"
 
 
+def share_id(share: float) -> str:
+    return f"der@{share:g}"
+
+
+def policy_id(policy: Policy) -> str:
+    """A budget policy is served by its share (the number its user chose), any other by its alpha."""
+    return share_id(policy.cost_share) if policy.cost_share is not None else alpha_id(policy.alpha)
+
+
 def _path_pattern() -> re.Pattern:
     """Absolute file paths, not URLs' paths: under a usual top-level folder (or this process's working folder,
     home, temporary folder, Python prefix), or on a Windows drive."""
@@ -75,11 +90,12 @@ class RouterService:
                  routers: dict[str, Router] | None = None):
         self.live, self.dataset, self.default = live, dataset, default
         self.routers = dict(routers or {})
-        self.policies: dict[str, Policy] = {alpha_id(default.alpha): default}
+        self.policies: dict[str, Policy] = {policy_id(default): default}
         for pol in extra:
-            key = alpha_id(pol.alpha)
+            key = policy_id(pol)
             if key in self.policies and self.policies[key].path != pol.path:
-                raise ValueError(f"two policies share alpha {pol.alpha:g}: {self.policies[key].path} and {pol.path}")
+                what = (f"cost share {pol.cost_share:g}" if pol.cost_share is not None else f"alpha {pol.alpha:g}")
+                raise ValueError(f"two policies share {what}: {self.policies[key].path} and {pol.path}")
             self.policies[key] = pol
         self.created = int(time.time())
         self.hashes = {key: content_hash(pol.path) for key, pol in self.policies.items()}
@@ -87,15 +103,26 @@ class RouterService:
     def model_ids(self) -> list[str]:
         return ["der", *sorted(self.policies), *self.routers, *self.live.names]
 
+    def describe(self, model: str) -> dict:
+        """What /v1/models says of one id beyond OpenAI's fields: the dataset, and a policy's alpha and budget."""
+        out = {"dataset": self.dataset}
+        target = self.resolve(model)
+        if isinstance(target, Policy):
+            out.update(alpha=target.alpha, cost_share=target.cost_share)
+        elif not isinstance(target, str):
+            out["router"] = target.id
+        return out
+
     def resolve(self, model: str) -> Policy | Router | str:
         """The policy, the router, or the expert's name, that ``model`` asks for."""
         if model == "der":
             return self.default
         if model in self.routers:
             return self.routers[model]
-        if model.startswith("der:"):
+        if model.startswith(("der:", "der@")):
             try:
-                key = alpha_id(float(model[4:]))
+                number = float(model[4:])
+                key = alpha_id(number) if model[3] == ":" else share_id(number)
             except ValueError:
                 key = None
             if key in self.policies:
@@ -110,7 +137,7 @@ class RouterService:
             target = self.resolve(model)
         except UnknownModelError:
             return None
-        return alpha_id(target.alpha) if model.startswith("der:") and isinstance(target, Policy) else model
+        return policy_id(target) if model.startswith(("der:", "der@")) and isinstance(target, Policy) else model
 
     def answer(self, model: str, q: Question) -> Routed:
         target = self.resolve(model)
@@ -125,15 +152,16 @@ class RouterService:
             return await self.live.adirect(target, routed)
         return await self.live.arun(target, routed, degrade=True)
 
-    def completion(self, model: str, routed: Routed, latency_s: float) -> dict:
-        """A standard chat.completion body, plus the ``der`` extension (the steps and the total cost)."""
+    def completion(self, model: str, routed: Routed, latency_s: float, local: str | None = None) -> dict:
+        """A standard chat.completion body, plus the ``der`` extension (the steps and the total cost);
+        ``model`` as the client named it, ``local`` this dataset's id for it (``Services``)."""
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": routed.answer},
                          "finish_reason": "stop", "logprobs": None}],
             "usage": usage(routed),
-            "der": self.extension(model, routed, latency_s),
+            "der": self.extension(local or model, routed, latency_s),
         }
 
     def extension(self, model: str, routed: Routed, latency_s: float) -> dict:
@@ -141,9 +169,10 @@ class RouterService:
         if isinstance(target, str):
             policy = None
         elif isinstance(target, Policy):
-            key = alpha_id(target.alpha)
-            policy = {"id": key, "sha256": self.hashes.get(key), "alpha": target.alpha, "seed": target.seed,
-                      "state": target.state, "fixed_path": (target.fixed_path or {}).get("path_name")}
+            key = policy_id(target)
+            policy = {"id": key, "sha256": self.hashes.get(key), "alpha": target.alpha, "cost_share": target.cost_share,
+                      "seed": target.seed, "state": target.state,
+                      "fixed_path": (target.fixed_path or {}).get("path_name")}
         else:  # a fitted router of the registry: what it settled on, on the train split
             policy = {"router": target.id, "chosen": _finite(getattr(target, "chosen", None))}
         return {
@@ -180,3 +209,76 @@ def _finite(value):
 def usage(routed: Routed) -> dict:
     return {"prompt_tokens": routed.prompt_tokens, "completion_tokens": routed.completion_tokens,
             "total_tokens": routed.prompt_tokens + routed.completion_tokens}
+
+
+class Services:
+    """The datasets one server serves (`serve --dataset A --dataset B`): each its RouterService, over one pool
+    (LiveRouter ``share``); the first is the default (the module docstring has the ids)."""
+
+    def __init__(self, services: list[RouterService]):
+        if not services:
+            raise ValueError("a server needs at least one dataset")
+        self.by_dataset = {s.dataset: s for s in services}
+        if len(self.by_dataset) != len(services):
+            raise ValueError(f"a dataset is named twice: {[s.dataset for s in services]}")
+        self.default = services[0]
+        self.created = self.default.created
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.by_dataset)
+
+    def experts(self) -> list[str]:
+        return list(dict.fromkeys(n for s in self.by_dataset.values() for n in s.live.names))
+
+    def lives(self) -> list[LiveRouter]:
+        return [s.live for s in self.by_dataset.values()]
+
+    def open_breakers(self) -> dict[str, dict]:
+        return {k: v for live in self.lives() for k, v in live.open_breakers().items()}
+
+    def model_ids(self) -> list[str]:
+        ids = list(self.default.model_ids())
+        if len(self.by_dataset) > 1:
+            ids += [qualify(m, s.dataset) for s in self.by_dataset.values() for m in s.model_ids()]
+        return ids
+
+    def split(self, model: str) -> tuple[RouterService, str]:
+        """The dataset's service that ``model`` names, and its id there (``der/sst2@0.5`` -> sst2's ``der@0.5``)."""
+        if "/" not in model or self.default.canonical(model) is not None:  # an expert's name may hold a slash
+            return self.default, model
+        name, rest = model.rsplit("/", 1)
+        cut = min((i for i in (rest.find(":"), rest.find("@")) if i >= 0), default=len(rest))
+        dataset, suffix = rest[:cut], rest[cut:]
+        if dataset not in self.by_dataset:
+            raise UnknownModelError(model, self.model_ids())
+        return self.by_dataset[dataset], name + suffix
+
+    def resolve(self, model: str) -> tuple[RouterService, Policy | Router | str]:
+        svc, local = self.split(model)
+        try:
+            return svc, svc.resolve(local)
+        except UnknownModelError:
+            raise UnknownModelError(model, self.model_ids()) from None
+
+    def canonical(self, model: str) -> str | None:
+        try:
+            svc, local = self.split(model)
+        except UnknownModelError:
+            return None
+        canon = svc.canonical(local)
+        if canon is None or "/" not in model:
+            return canon
+        return qualify(canon, svc.dataset)
+
+    def describe(self, model: str) -> dict:
+        svc, local = self.split(model)
+        return svc.describe(local)
+
+
+def qualify(model: str, dataset: str) -> str:
+    """``der@0.5`` of sst2 is ``der/sst2@0.5``; ``cascade`` of sst2 is ``cascade/sst2``."""
+    for mark in (":", "@"):
+        if model.startswith("der" + mark):
+            return f"der/{dataset}{model[3:]}"
+    return f"{model}/{dataset}"

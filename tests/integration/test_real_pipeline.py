@@ -445,15 +445,29 @@ def test_report_writes_the_readme_section_from_metrics(project):
 
 
 def test_demo_rerun_runs_the_chain_with_real_experts_and_ends_with_a_table(tmp_path):
-    """The repository's own params and pool (all four experts, 20-node trees), contexts trimmed as above."""
+    """The repository's own params and pool (all four experts, 20-node trees), contexts trimmed as above: the
+    labelled steps, step 1 printing what each stage made and no verdict, step 2 the headline table from
+    the committed trees (equal to the README's; in test_committed_results.py), step 3 one live answer; no tracked
+    file changes."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["paths"] = {k: str((REPO / v).resolve()) for k, v in raw["paths"].items()}  # the committed trees
     raw["paths"]["source_data"] = str(SHARED_DATA)
     raw["data"]["max_context_chars"] = 200
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "demo", "--rerun", "--sample", "2",
-                           "--params", str(tmp_path / "params.yaml"), "--workdir", str(tmp_path / "demo")],
+    status = lambda: subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,  # noqa: E731
+                                    text=True).stdout
+    before = status()
+    # step 2 (evaluate on the committed trees) runs in tests/unit/test_committed_results.py, where its one
+    # rerun is also the regression test
+    proc = subprocess.run([sys.executable, "-m", "der_pipeline.cli", "demo", "--rerun", "--sample", "2", "--steps",
+                           "1,3", "--params", str(tmp_path / "params.yaml"), "--workdir", str(tmp_path / "demo")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tree = TreeStore(tmp_path / "demo" / "data" / "tree" / "boolq").read()
     assert tree.num_rows == 2 * 20 and len(set(tree["path"].to_pylist())) == 20
-    assert "| Method |" in proc.stdout and "DER (agent" in proc.stdout and "oracle" in proc.stdout
+    step1, step3 = proc.stdout.split("== step 3 of 3", 1)
+    assert "== step 1 of 3" in step1 and "step 2 of 3" not in proc.stdout
+    assert "generate:   40 tree nodes for 2 queries" in step1 and "score:      40 answers scored" in step1
+    assert "| Method |" not in step1 and "p-value" not in step1 and "DER -" not in step1  # no verdict
+    assert "final answer" in step3 and "GFLOPs" in step3 and "-> qwen2.5-coder" in step3
+    assert status() == before

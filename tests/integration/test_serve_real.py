@@ -2,7 +2,6 @@
 BoolQ policy, driven by the official `openai` client: the committed tree's path and answer come back
 for a test question, streaming, four requests at once, and every bad request with its status."""
 import json
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ import httpx2 as httpx
 import openai
 import pytest
 import yaml
-from conftest import PortTaken, free_port, on_free_port, wait_until
+from conftest import free_port, serve_process, stop_process
 
 from der_pipeline.evaluate.common import load_split, saved_policies
 from der_pipeline.generate.tree import load_tree
@@ -24,49 +23,10 @@ pytestmark = pytest.mark.timeout(1200)  # the tier (slow) is set by the folder: 
 
 
 def start(params: Path, timeout=600, extra=()):
-    """`der-pipeline serve` on a probed port (its --port cannot be 0), started again on another when the port
-    turns out to be taken (conftest.on_free_port); a TimeoutError when /health does not answer within ``timeout``."""
-    def attempt(port):
-        proc = subprocess.Popen([sys.executable, "-m", "der_pipeline.cli", "serve", "-d", "boolq", "--port", str(port),
-                                 "--params", str(params), *extra], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT,
-                                text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        base = f"http://127.0.0.1:{port}"
-
-        def state():
-            if proc.poll() is not None:
-                return "exited"
-            try:
-                r = httpx.get(f"{base}/health", timeout=2)
-            except httpx.TransportError:
-                return None
-            # ours, not whatever else took the port after the probe: its health names the dataset it serves
-            return "up" if r.status_code == 200 and r.json().get("dataset") == "boolq" else None
-
-        try:
-            got = wait_until(state, timeout, f"der-pipeline serve answering {base}/health", interval=1)
-        except TimeoutError:
-            proc.kill()
-            proc.wait()
-            raise
-        if got == "exited":
-            out = proc.stdout.read()
-            if "address already in use" in out.lower():  # at serve's own check, or at uvicorn's bind
-                raise PortTaken(f"port {port}: {out[-500:]}")
-            raise AssertionError(f"serve exited {proc.returncode}:\n{out}")
-        return proc, base
-
-    return on_free_port(attempt)
+    return serve_process(params, ("boolq",), extra, timeout)
 
 
-def stop(proc) -> str:
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
+stop = stop_process
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,11 @@ def rerun(tmp_path_factory):
                         models=str(REPO / raw["paths"]["models"]), results=str(out / "results"),
                         metrics=str(out / "metrics"))
     (out / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    run_cli(["evaluate", "--params", str(out / "params.yaml")], cwd=out, timeout=900)
-    return out
+    # the demo's step 2 is exactly this rerun (evaluate into <workdir>/committed/), so one run checks both
+    proc = run_cli(["demo", "--rerun", "--steps", "2", "--workdir", str(out / "demo"), "--params",
+                    str(out / "params.yaml")], cwd=out, timeout=900)
+    (out / "demo-step-2.txt").write_text(proc.stdout)
+    return out / "demo" / "committed"
 
 
 def _datasets():
@@ -58,6 +61,14 @@ def test_evaluate_reproduces_the_committed_results(rerun, dataset):
 def test_the_aggregate_metrics_match_the_committed_ones(rerun):
     _close(json.loads((rerun / "metrics" / "metrics.json").read_text()),
            json.loads((REPO / "metrics" / "metrics.json").read_text()), "metrics.json")
+
+
+def test_the_demos_step_2_prints_the_readmes_headline_rows(rerun):
+    printed = (rerun.parent.parent / "demo-step-2.txt").read_text()
+    assert "== step 2 of 3" in printed and "== step 1 of 3" not in printed and "step 3 of 3" not in printed
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and "GFLOPs" in line]
+    readme = (REPO / "README.md").read_text()
+    assert len(rows) == len(_datasets()) and all(row in readme for row in rows), rows
 
 
 def test_the_readme_results_section_is_up_to_date():

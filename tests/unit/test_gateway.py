@@ -9,20 +9,18 @@ confidence state (no embedder), so these run in seconds. Every wait is bounded.
 """
 import json
 import logging
-import math
 import re
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2 as httpx
 import openai
 import pytest
 import torch
 from conftest import REPO, uvicorn_in_thread, wait_until
-from fakes import FakeBackend
+from fakes import FakeBackend, FakeExperts
 from prometheus_client.parser import text_string_to_metric_families
 
 from der_pipeline.router.arrays import CONF_FEATURES
@@ -31,96 +29,9 @@ from der_pipeline.router.live import LiveRouter, Policy
 from der_pipeline.router.methods import FixedPath
 from der_pipeline.router.ppo import Agent
 from der_pipeline.serve.app import ServeOptions, bind_warning, create_app
-from der_pipeline.serve.service import RouterService
+from der_pipeline.serve.service import RouterService, Services
 
 HOLD_S = 5  # the longest the fake server holds a request (a failing test ends, never hangs)
-
-
-class FakeExperts:
-    """An OpenAI-compatible server for every expert (the model id is the expert's name): each answer echoes the
-    question, with token logprobs when asked. ``dead``: model ids whose requests get the connection dropped
-    (an expert server that was killed); ``broken``: model ids answered HTTP 500 with a message naming a file;
-    ``hold(n, model)``, if set, runs in the request's thread before it answers."""
-
-    def __init__(self):
-        self.requests: list[str] = []  # the model id of each request, in arrival order
-        self.in_flight = self.max_in_flight = 0
-        self.dead: set[str] = set()
-        self.broken: set[str] = set()
-        self.hold = None
-        self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                model = body["model"]
-                with fake.changed:
-                    fake.requests.append(model)
-                    n = len(fake.requests)
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                    fake.changed.notify_all()
-                try:
-                    if fake.hold is not None:
-                        fake.hold(n, model)
-                    if model in fake.dead:
-                        self.close_connection = True  # no response at all: the client sees the server gone
-                        return
-                    if model in fake.broken:
-                        self.reply(500, {"error": {"message": "cannot load /srv/models/secret.gguf", "type": "x"}})
-                        return
-                    self.reply(200, answer(body, chat=self.path.endswith("/chat/completions")))
-                finally:
-                    with fake.changed:
-                        fake.in_flight -= 1
-                        fake.changed.notify_all()
-
-            def reply(self, status, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                pass  # a client that went away mid-request (the disconnect test): not an error here
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def wait_in_flight(self, n: int, timeout_s: float) -> None:
-        """Block (a request's thread) until ``n`` requests are in flight together, at most ``timeout_s``."""
-        with self.changed:
-            self.changed.wait_for(lambda: self.in_flight >= n, timeout_s)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def answer(body: dict, chat: bool) -> dict:
-    text = (body["messages"][-1]["content"] if chat else body["prompt"]).split("Question: ")[-1].split("\n")[0]
-    logprobs = None
-    if body.get("logprobs"):
-        top = [{"token": " Yes", "logprob": math.log(0.7)}, {"token": " No", "logprob": math.log(0.2)}]
-        logprobs = {"content": [{"token": " Yes", "logprob": math.log(0.7), "top_logprobs": top}]}
-    choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat else
-              {"index": 0, "text": text})
-    return {"id": "x", "object": "chat.completion" if chat else "text_completion", "created": 0, "model": body["model"],
-            "choices": [{**choice, "finish_reason": "stop", "logprobs": logprobs}],
-            "usage": {"prompt_tokens": 40, "completion_tokens": 3, "total_tokens": 43}}
 
 
 def untrained(n: int, alpha: float, path) -> Policy:
@@ -151,7 +62,8 @@ def gateway(repo_params, tmp_path):
     made = []
     stack = []
 
-    def make(concurrency=8, options=None, breaker=(2, 60.0), backend=None, top_logprobs=0, expert_timeout_s=None):
+    def make(concurrency=8, options=None, breaker=(2, 60.0), backend=None, top_logprobs=0, expert_timeout_s=None,
+             extra=(), more_datasets=()):
         fake = FakeExperts()
         made.append(fake)
         p = repo_params.override("generation", backend="openai",
@@ -166,8 +78,14 @@ def gateway(repo_params, tmp_path):
         routers = {"fixed": FixedPath("fixed", names, [names[0], names[1]]),
                    "single": FixedPath("single", names, [names[0]])}
         service = RouterService(live, "boolq", untrained(len(names), 0.5, policy_file),
-                                [untrained(len(names), 0.25, tmp_path / "elsewhere.pt")], routers=routers)
-        ctx = uvicorn_in_thread(create_app(service, options))
+                                [untrained(len(names), 0.25, tmp_path / "elsewhere.pt"), *extra], routers=routers)
+        served = service
+        if more_datasets:  # (dataset, answer type) each: a RouterService over the same pool
+            more = [RouterService(LiveRouter(p, kind, share=live), ds, untrained(len(names), 0.5, policy_file),
+                                  routers={"fixed": FixedPath("fixed", names, [names[0], names[1]])})
+                    for ds, kind in more_datasets]
+            served = Services([service, *more])
+        ctx = uvicorn_in_thread(create_app(served, options))
         port = ctx.__enter__()
         stack.append(ctx)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=30)
@@ -554,3 +472,69 @@ def test_the_live_action_mask_is_the_environments():
             for t, last in [(0, -1), *((1, j) for j in range(n))]:
                 expected = allowed_actions(torch.tensor([t]), torch.tensor([last]), n, ktp_only)[0].tolist()
                 assert allowed_list(t, last, n, ktp_only) == expected, (n, ktp_only, t, last)
+
+
+# ---- budgets per request, several datasets in one server, worker processes -----------------------------------
+
+
+def budget_policy(n: int, share: float, path) -> Policy:
+    pol = untrained(n, 0.01, path)
+    pol.cost_share = share
+    return pol
+
+
+def test_der_at_a_share_routes_with_the_policy_fitted_to_that_budget(gateway, tmp_path):
+    """A policy fitted to a budget (its checkpoint's cost_share) is served as der@<share>, listed with its
+    budget, and answers naming it; an unserved share is a 404 that lists what is served."""
+    gw = gateway(extra=[budget_policy(4, 0.5, tmp_path / "budget.pt")])
+    listed = {m["id"]: m for m in httpx.get(f"{gw.base}/v1/models").json()["data"]}
+    assert listed["der@0.5"]["cost_share"] == 0.5 and listed["der@0.5"]["alpha"] == 0.01
+    assert listed["der:0.25"]["cost_share"] is None and listed["der:0.25"]["dataset"] == "boolq"
+    assert "der:0.01" not in listed  # served by its budget, the number its user chose
+    for model in ("der@0.5", "der@0.50"):
+        policy = gw.ask(model=model).model_extra["der"]["policy"]
+        assert (policy["id"], policy["cost_share"], policy["alpha"]) == ("der@0.5", 0.5, 0.01)
+    with pytest.raises(openai.NotFoundError, match="der@0.5"):
+        gw.ask(model="der@0.3")
+
+
+def test_two_policies_fitted_to_one_budget_are_refused(repo_params, tmp_path):
+    p = repo_params.override("generation", backend="openai", openai={"base_url": "http://127.0.0.1:9/v1"})
+    live = LiveRouter(p, "yes_no")
+    n = len(live.names)
+    with pytest.raises(ValueError, match="two policies share cost share 0.5"):
+        RouterService(live, "boolq", untrained(n, 0.5, tmp_path / "a.pt"),
+                      [budget_policy(n, 0.5, tmp_path / "b.pt"), budget_policy(n, 0.5, tmp_path / "c.pt")])
+
+
+def test_several_datasets_share_one_pool_and_each_picks_its_prompt_and_parser(gateway):
+    """`serve -d boolq -d sst2`: sst2's ids are qualified (der/sst2, fixed/sst2, <expert>/sst2), its requests
+    get sst2's prompt (the sentiment instruction) and parser, and both datasets call the same expert servers
+    through the same gates (one pool: shared locks, slots and breakers)."""
+    gw = gateway(more_datasets=[("sst2", "sentiment")])
+    ids = [m["id"] for m in httpx.get(f"{gw.base}/v1/models").json()["data"]]
+    assert {"der", "der:0.5", "fixed", "der/boolq", "fixed/boolq", "der/sst2", "der/sst2:0.5", "fixed/sst2",
+            f"{gw.names[0]}/sst2"} <= set(ids)
+    assert httpx.get(f"{gw.base}/health").json()["datasets"] == ["boolq", "sst2"]
+    seen = []
+    gw.fake.hold = lambda n, model: None
+    for model, dataset in (("fixed", "boolq"), ("fixed/sst2", "sst2"), ("fixed/boolq", "boolq"),
+                           (f"{gw.names[0]}/sst2", "sst2")):
+        before = len(gw.fake.requests)
+        der = gw.ask(model=model, question="a gripping, funny film").model_extra["der"]
+        assert der["dataset"] == dataset and der["answer_type"] == ("sentiment" if dataset == "sst2" else "yes_no")
+        seen.append(gw.fake.requests[before:])
+    assert seen[1] == [gw.names[0], gw.names[1]] and seen[3] == [gw.names[0]]
+    with pytest.raises(openai.NotFoundError, match="der/nosuch"):
+        gw.ask(model="der/nosuch")
+
+
+def test_a_dataset_router_over_a_shared_pool_shares_its_models_locks_and_breakers(repo_params):
+    p = repo_params.override("generation", backend="openai", openai={"base_url": "http://127.0.0.1:9/v1"})
+    first = LiveRouter(p, "yes_no")
+    second = LiveRouter(p, "sentiment", share=first)
+    assert second.backend is first.backend and second._locks is first._locks and second.breakers is first.breakers
+    assert not second.owns_backend and first.owns_backend
+    other_engine = p.override("generation", backend="openai", openai={"base_url": "http://127.0.0.1:10/v1"})
+    alone = LiveRouter(other_engine, "yes_no", share=first)  # another engine: nothing to share
+    assert alone.backend is not first.backend and alone.owns_backend

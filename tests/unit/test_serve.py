@@ -181,3 +181,38 @@ def test_the_cascade_and_a_fixed_path_are_served_by_their_ids(served):
     assert [(s["expert"], s["action"]) for s in der["steps"]] == [(names[0], "answer"), (names[1], "refine")]
     assert der["path"] == f"{names[0]}>{names[1]}"
 
+
+
+def test_serve_finds_the_budget_stages_policies_and_gives_policy_files_to_their_dataset(repo_params, tmp_path):
+    """`serve` offers results/budgets/<dataset>/policy-<share>.pt as der@<share> (the budgets stage writes them)
+    beside the default policy; --policy DATASET=PATH goes to that dataset, a bare path to the first."""
+    import yaml
+    from conftest import REPO
+
+    from der_pipeline.artifacts import budget_policy_path, dataset_params
+    from der_pipeline.config import load_params
+    from der_pipeline.router.checkpoint import save_policy
+    from der_pipeline.serve.build import ServeConfig, load_policies
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["paths"] = {k: str((REPO / v).resolve()) for k, v in raw["paths"].items()}
+    raw["paths"]["results"] = str(tmp_path / "results")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    p = load_params(tmp_path / "params.yaml")
+    made = {}
+    for ds, share in (("boolq", 0.5), ("sst2", 0.3), ("sst2", 0.7)):
+        q = dataset_params(p, ds)
+        n = len(q.expert_names())
+        agent = untrained_policy(n, 0.1, state=q.ppo.state).agent
+        path = budget_policy_path(q, ds, share) if share != 0.7 else tmp_path / "given.pt"
+        save_policy(agent, path, experts=q.expert_names(), scale=1.0, p=q.override("reward", alpha=0.02),
+                    obs_dim=obs_dim(q.ppo.state, 384, len(CONF_FEATURES), n), seed=1, cost_share=share)
+        made[(ds, share)] = path
+    cfg = ServeConfig(params=str(tmp_path / "params.yaml"), datasets=["boolq", "sst2"],
+                      policies=[f"sst2={made[('sst2', 0.7)]}"])
+    loaded = load_policies(cfg)
+    shares = {ds: sorted(pol.cost_share for pol in extra) for ds, (_, _, extra) in loaded.items()}
+    assert shares == {"boolq": [0.5], "sst2": [0.3, 0.7]}
+    assert all(pol.alpha == 0.02 for _, _, extra in loaded.values() for pol in extra)
+    with pytest.raises(ValueError, match="trained for experts"):  # a bare path is the first dataset's: its pool
+        load_policies(ServeConfig(params=cfg.params, datasets=["boolq"], policies=[str(made[("sst2", 0.7)])]))
