@@ -182,6 +182,17 @@ def on_free_port(start, attempts: int = 3):
                 raise RuntimeError(f"no port could be bound in {attempts} tries; the last: {exc}") from exc
 
 
+def wait_for_start(proc, state, timeout_s: float, what: str, interval: float = 0.5):
+    """``wait_until(state)`` for a child process starting: what ``state`` returned ("up", or "exited" when the
+    process ended first); past ``timeout_s`` the process is killed and reaped, then the TimeoutError raised."""
+    try:
+        return wait_until(state, timeout_s, what, interval=interval)
+    except TimeoutError:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def serve_process(params: Path, datasets=("boolq",), extra=(), timeout: float = 600, env=None):
     """`der-pipeline serve` as a subprocess on a probed port (its --port cannot be 0), started again on another
     when the port turns out to be taken (``on_free_port``); returns (process, base URL) once /health answers
@@ -207,12 +218,7 @@ def serve_process(params: Path, datasets=("boolq",), extra=(), timeout: float = 
             # ours, not whatever else took the port after the probe: its health names the dataset it serves
             return "up" if r.status_code == 200 and r.json().get("dataset") == datasets[0] else None
 
-        try:
-            got = wait_until(state, timeout, f"der-pipeline serve answering {base}/health", interval=0.5)
-        except TimeoutError:
-            proc.kill()
-            proc.wait()
-            raise
+        got = wait_for_start(proc, state, timeout, f"der-pipeline serve answering {base}/health")
         if got == "exited":
             out = proc.stdout.read()
             if "address already in use" in out.lower():  # at serve's own check, or at uvicorn's bind

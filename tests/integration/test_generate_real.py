@@ -10,7 +10,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, SHARED_DATA, PortTaken, free_port, on_free_port, run_cli, wait_until
+from conftest import REPO, SHARED_DATA, PortTaken, free_port, on_free_port, run_cli, wait_for_start, wait_until
 
 from der_pipeline.config import load_params
 from der_pipeline.experts.backends import BackendError, OpenAIBackend, make_backend
@@ -138,12 +138,7 @@ def start_llama_server(folder):
                 return None
             return "up" if {e["name"] for e in SMALL_POOL} <= ids else None
 
-        try:
-            state = wait_until(listening, SERVER_START_S, f"llama_cpp.server listening on port {port}", interval=0.5)
-        except TimeoutError:
-            proc.kill()
-            proc.wait()
-            raise
+        state = wait_for_start(proc, listening, SERVER_START_S, f"llama_cpp.server listening on port {port}")
         if state == "exited":
             log_text = log_path.read_text(errors="replace")
             if "address already in use" in log_text.lower():
