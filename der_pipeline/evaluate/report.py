@@ -15,6 +15,7 @@ from pathlib import Path
 
 from der_pipeline.artifacts import dataset_params
 from der_pipeline.config import Params
+from der_pipeline.evaluate.results import EvaluateResults, read_results
 from der_pipeline.evaluate.run import render_comparisons, render_table
 
 START = "<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->"
@@ -163,13 +164,13 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _outs(p: Params) -> list[dict]:
+def _outs(p: Params) -> list[EvaluateResults]:
     """Every dataset's results/evaluate/<ds>/metrics.json, in the order of their folders' names."""
     from der_pipeline.artifacts import results_dir
 
     base = results_dir(p, "evaluate")
     found = sorted(base.glob("*/metrics.json")) if base.exists() else []
-    return [json.loads(path.read_text()) for path in found]
+    return [read_results(path) for path in found]
 
 
 def _relative(base_dir: Path):

@@ -15,6 +15,7 @@ from der_pipeline.data.sources import answer_type_of
 from der_pipeline.evaluate.aggregate import merge_aggregate_json
 from der_pipeline.evaluate.common import load_split, public, saved_policies, summarize
 from der_pipeline.evaluate.names import expert_of, method_label
+from der_pipeline.evaluate.results import EvaluateResults, check_results
 from der_pipeline.evaluate.stats import auroc, paired_bootstrap
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.methods import CASCADE_SIGNALS, Router, cascade_bound
@@ -25,7 +26,7 @@ METRIC_LABEL = {"accuracy": "Accuracy", "f1": "F1", "numeric_match": "Accuracy",
 SECONDARY_LABEL = {"exact_match": "EM", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2"}
 
 
-def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
+def evaluate_dataset(p: Params, dataset: str) -> tuple[EvaluateResults, str]:
     p = dataset_params(p, dataset)
     split = load_split(p, dataset)
     train, test = split.train, split.test
@@ -67,6 +68,7 @@ def evaluate_dataset(p: Params, dataset: str) -> tuple[dict, str]:
            "methods": {k: public(v) for k, v in methods.items()}, "roles": roles, "comparisons": comparisons,
            "signal_auroc": signal_auroc(train), "goal_bound": cascade_bound(train, p.evaluate.goal_cost_share),
            "training": training_summary(p, dataset)}
+    out = check_results(out, f"the evaluate stage's results for {dataset}")  # the writer keeps the definition too
     return out, render_table(out) + "\n\n" + render_comparisons(out)
 
 
