@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
+from build_walkthrough import build, execute  # one notebook builder: this folder's
 
 HERE = Path(__file__).resolve().parent
 
@@ -208,21 +208,8 @@ CELLS = [
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
-                for kind, src in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    return nb
-
-
-def execute(nb: nbformat.NotebookNode, cwd: Path, timeout: int = 1200) -> nbformat.NotebookNode:
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
-    return nb
-
-
 if __name__ == "__main__":
     out = HERE / "own_pool.ipynb"
-    nb = execute(build(), HERE)
+    nb = execute(build(CELLS), HERE, timeout=1200)
     nbformat.write(nb, out)
     print(f"wrote {out}")

@@ -72,10 +72,11 @@ CELLS = [
 ]
 
 
-def build() -> nbformat.NotebookNode:
+def build(cells: list[tuple[str, str]] = CELLS) -> nbformat.NotebookNode:
+    """A notebook of ``cells``, each ("md" or "code", its source); build_own_pool.py builds with it too."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
-                for kind, src in CELLS]
+                for kind, src in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 
