@@ -37,6 +37,36 @@ class FakeBackend(Backend):
                              finish_reason="stop")
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """An HTTP handler that answers JSON and logs nothing: the base of every fake server of the suite."""
+
+    def reply(self, status: int, obj) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that went away mid-request (the disconnect tests): not an error here
+
+
+def serve_in_thread(handler: type[BaseHTTPRequestHandler]) -> tuple[QuietServer, str]:
+    """``handler`` served on 127.0.0.1 (port 0: the kernel picks it) in a daemon thread; the server and its
+    OpenAI-style base URL. Stop it with ``shutdown()`` and ``server_close()``."""
+    httpd = QuietServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+
 HOLD_S = 5  # the longest FakeExperts holds a request (a failing test ends, never hangs)
 
 
@@ -56,7 +86,7 @@ class FakeExperts:
         self.changed = threading.Condition(self.lock)
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):  # noqa: N802 - http.server's name
@@ -83,26 +113,7 @@ class FakeExperts:
                         fake.in_flight -= 1
                         fake.changed.notify_all()
 
-            def reply(self, status, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                pass  # a client that went away mid-request (the disconnect test): not an error here
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_in_thread(Handler)
 
     def wait_in_flight(self, n: int, timeout_s: float) -> None:
         """Block (a request's thread) until ``n`` requests are in flight together, at most ``timeout_s``."""

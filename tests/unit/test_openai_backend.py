@@ -13,9 +13,9 @@ import os
 import signal
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fakes import JsonHandler, serve_in_thread
 
 from der_pipeline.config import ExpertSpec
 from der_pipeline.experts import backends
@@ -71,7 +71,7 @@ def echo(body):
 def server():
     script = Script([])
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_POST(self):  # noqa: N802 - http.server's name
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with script.lock:
@@ -90,25 +90,12 @@ def server():
                 script.in_flight -= 1
                 script.answered += 1
             if isinstance(answer, int):
-                self.send_response(answer)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(json.dumps({"error": {"message": "busy", "type": "server_error"}}).encode())
+                self.reply(answer, {"error": {"message": "busy", "type": "server_error"}})
                 return
-            data = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply(200, answer)
 
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield script, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd, url = serve_in_thread(Handler)
+    yield script, url
     httpd.shutdown()
     httpd.server_close()
 
