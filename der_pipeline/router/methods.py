@@ -318,6 +318,29 @@ def cascade_bound(train: TreeArrays, cost_share: float) -> dict:
             "best": best}
 
 
+def escalations(train: TreeArrays, thresholds, directions: tuple[str, ...] = ("below",)):
+    """Every escalation rule a cascade can be fitted over, in one order: a cheaper expert i first, a pricier j
+    answering afresh, a signal of CASCADE_SIGNALS on i's answer, a direction and a threshold from
+    ``thresholds(signal values)``; yields (i, j, signal name, direction, threshold, the train queries
+    escalated). ``below``: escalate where the signal is under the threshold (unsure); ``above``: over it."""
+    n = train.n_experts
+    mean_cost = train.cost1.mean(axis=0)
+    for i in range(n):
+        for j in range(n):
+            if mean_cost[j] <= mean_cost[i]:
+                continue
+            for name, signal in CASCADE_SIGNALS.items():
+                conf = signal(train.conf1[:, i])
+                for tau in thresholds(conf):
+                    for direction in directions:
+                        yield i, j, name, direction, float(tau), (conf < tau if direction == "below" else conf > tau)
+
+
+def _quantile_thresholds(conf: np.ndarray) -> list[float]:
+    """The alpha-fitted cascade's thresholds: 20 quantiles of the signal, and one that escalates every query."""
+    return [*np.unique(np.quantile(conf, np.linspace(0.05, 1.0, 20))), np.inf]
+
+
 class ConfidenceCascade(Router):
     """A confidence cascade in the manner of FrugalGPT and AutoMix: a cheaper expert answers; when its own
     confidence is under a threshold, a pricier expert answers afresh (an escalation path). The pair, the
@@ -333,23 +356,15 @@ class ConfidenceCascade(Router):
     def fit(self, train: TreeArrays, p: Params) -> ConfidenceCascade:
         a = p.reward.alpha if self.alpha is None else self.alpha
         scale = cost_scale(train)
-        n = train.n_experts
-        mean_cost = train.cost1.mean(axis=0)
         best = (-np.inf, None)
-        for i in range(n):  # never escalate: expert i alone
+        for i in range(train.n_experts):  # never escalate: expert i alone
             u = train.task1[:, i].mean() - a * train.cost1[:, i].mean() / scale
             best = max(best, (u, (i, None, None, None)), key=lambda x: x[0])
-        for i in range(n):
-            for j in range(n):
-                if mean_cost[j] <= mean_cost[i]:
-                    continue
-                for name, signal in CASCADE_SIGNALS.items():
-                    conf = signal(train.conf1[:, i])
-                    for tau in [*np.unique(np.quantile(conf, np.linspace(0.05, 1.0, 20))), np.inf]:
-                        score, cost = cascade_outcome(train, i, j, conf < tau)
-                        u = score - a * cost / scale
-                        if u > best[0] + 1e-12:
-                            best = (u, (i, j, name, float(tau)))
+        for i, j, name, _, tau, esc in escalations(train, _quantile_thresholds):
+            score, cost = cascade_outcome(train, i, j, esc)
+            u = score - a * cost / scale
+            if u > best[0] + 1e-12:
+                best = (u, (i, j, name, tau))
         self.cheap, self.strong, self.signal, self.threshold = best[1]
         self.chosen = {"first": train.experts[self.cheap],
                        "then": None if self.strong is None else train.experts[self.strong],
@@ -390,18 +405,9 @@ def cascade_at_budget(train: TreeArrays, budget_gflops: float, directions: tuple
 
     for i in range(n):
         consider(float(train.task1[:, i].mean()), float(mean_cost[i]), {"cheap": i, "strong": None})
-    for i in range(n):
-        for j in range(n):
-            if mean_cost[j] <= mean_cost[i]:
-                continue
-            for name, signal in CASCADE_SIGNALS.items():
-                conf = signal(train.conf1[:, i])
-                for tau in np.unique(conf):
-                    for direction in directions:
-                        esc = conf < tau if direction == "below" else conf > tau
-                        score, cost = cascade_outcome(train, i, j, esc)
-                        consider(score, cost, {"cheap": i, "strong": j, "signal": name, "direction": direction,
-                                               "threshold": float(tau)})
+    for i, j, name, direction, tau, esc in escalations(train, np.unique, directions):
+        score, cost = cascade_outcome(train, i, j, esc)
+        consider(score, cost, {"cheap": i, "strong": j, "signal": name, "direction": direction, "threshold": tau})
     return best
 
 
