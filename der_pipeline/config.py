@@ -385,6 +385,7 @@ class BudgetConfig:
     alpha_high: float
     steps: int  # bisection steps, each one K-fold cross-validation of PPO
     shares: list[float]  # the budgets stage's budgets: DER, the cascade and the random mix at each
+    headline_share: float  # the one of ``shares`` the README's headline table shows
     cascade_directions: list[str]  # the budgeted cascade escalates below a signal's threshold, or above it too
     margin: float  # non-inferiority margin: DER - reference >= -margin, by the one-sided lower bound
     power: float  # the power at which the minimal detectable difference of a test split is reported
@@ -397,6 +398,7 @@ class BudgetConfig:
                "a number above alpha_low, itself a positive number")
         _check(self.steps >= 1, f"{key}.steps", "an integer >= 1")
         _check(all(0.0 < s <= 1.0 for s in self.shares), f"{key}.shares", "a list of numbers in (0, 1]")
+        _check(self.headline_share in self.shares, f"{key}.headline_share", f"one of {key}.shares {self.shares}")
         _check(len(self.cascade_directions) >= 1 and set(self.cascade_directions) <= {"below", "above"},
                f"{key}.cascade_directions", "a non-empty list of below / above")
         _check(self.margin >= 0, f"{key}.margin", "a number >= 0")

@@ -19,6 +19,7 @@ import numpy as np
 from der_pipeline.artifacts import budget_policy_path, dataset_params, results_dir
 from der_pipeline.config import Params
 from der_pipeline.evaluate.common import load_split, summarize
+from der_pipeline.evaluate.results import check_budgets
 from der_pipeline.evaluate.stats import non_inferiority, paired_bootstrap
 from der_pipeline.io import atomic_write_bytes, write_json
 from der_pipeline.router.budget import fit_budget, reference_index
@@ -152,7 +153,7 @@ def plot(out: dict, path) -> None:
 def budgets(p: Params, datasets: list[str]) -> dict[str, str]:
     tables = {}
     for ds in datasets:
-        out = budgets_dataset(p, ds)
+        out = check_budgets(budgets_dataset(p, ds), f"the budgets stage's results for {ds}")
         folder = results_dir(p, "budgets", ds)
         md = render(out)
         write_json(out, folder / "budgets.json")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from der_pipeline.artifacts import dataset_params
 from der_pipeline.config import Params
-from der_pipeline.evaluate.results import EvaluateResults, read_results
+from der_pipeline.evaluate.results import EvaluateResults, read_budgets, read_results
 from der_pipeline.evaluate.run import render_comparisons, render_table
 
 START = "<!-- results:start (written by `der-pipeline report`; do not edit by hand) -->"
@@ -200,6 +200,45 @@ def headline_rows(outs: list[dict]) -> list[dict]:
     return rows
 
 
+def _verdict(c: dict, margin: float) -> str:
+    if c["same"]:
+        return "DER is the reference's own policy here"
+    verdict = "non-inferior" if c["non_inferior"] else "not shown non-inferior"
+    return (f"{verdict} ({c['diff']:+.3f}, lower bound {c['lower']:+.3f} vs -{margin:g}; "
+            f"detectable {c['mdd']:.3f} at {c['power']:.0%} power)")
+
+
+def budget_lines(p: Params, datasets: list[str]) -> list[str]:
+    """The headline's second table: DER, the confidence cascade and the random mix fitted on the train split
+    to one budget (``budget.headline_share`` of the reference expert's cost), read off each dataset's
+    budgets.json; a sentence where the budgets stage has not run."""
+    from der_pipeline.artifacts import results_dir
+
+    share = p.budget.headline_share
+    found = {ds: read_budgets(path) for ds in datasets
+             if (path := results_dir(p, "budgets", ds) / "budgets.json").exists()}
+    if not found:
+        return ["The budget table (DER, the cascade and the random mix at equal cost, and DER's non-inferiority to "
+                "the reference expert) comes with the budgets stage and is not in these results yet."]
+    lines = [f"At a budget of {share:g} of the reference expert's cost, every router fitted to it on the train split "
+             "(score at cost share on the test split; non-inferiority: the paired bootstrap's one-sided 95% lower "
+             f"bound of DER minus the reference against -{p.budget.margin:g}):", "",
+             "| Dataset | Reference (score) | DER | Confidence cascade | Random mix | DER against the reference |",
+             "|---|---|---|---|---|---|"]
+    for ds in datasets:
+        b = found.get(ds)
+        row = None if b is None else next((r for r in b["rows"] if r["share"] == share), None)
+        if row is None:
+            why = ("not run" if b is None else b.get("skipped") or f"no row at {share:g}")
+            lines.append(f"| {ds} | | {why} | | | |")
+            continue
+        m = row["methods"]
+        cells = [f"{m[k]['score']:.3f} at {m[k]['cost_share']:.2f}" for k in ("der", "cascade", "random_mix")]
+        lines.append(f"| {ds} | {b['reference']} ({b['reference_score']:.3f}) | {' | '.join(cells)} | "
+                     f"{_verdict(row['der_vs_reference'], b['margin'])} |")
+    return lines
+
+
 def headline_lines(p: Params, base_dir: Path, results_link: str | None = None) -> list[str]:
     """The headline table, with links (made relative to ``base_dir``) to each dataset's cost-quality plot and,
     with ``results_link``, to the results page."""
@@ -225,8 +264,7 @@ def headline_lines(p: Params, base_dir: Path, results_link: str | None = None) -
         lines.append(f"| {r['dataset']} ({r['metric']}, {r['test_queries']}) | {r['der']:.3f} | {_pct(r['der_share'])} "
                      f"| {r['strong']} ({r['strong_gflops']:.0f} GFLOPs) | {r['strong_score']:.3f} | {cascade} "
                      f"| {cshare} | {diff} |")
-    lines += ["", "The budget columns (the random mix at DER's cost, non-inferiority at a cost share) come with the "
-              "budget stage and are not in these results yet.", ""]
+    lines += ["", *budget_lines(p, [r["dataset"] for r in rows]), ""]
     rel = _relative(base_dir)
     plots = [(r["dataset"], results_dir(p, "curves", r["dataset"]) / "cost_accuracy.png") for r in rows]
     frontiers = {ds: results_dir(p, "curves", ds) / "frontier.json" for ds, _ in plots}

@@ -1,6 +1,7 @@
-"""The results JSON of the `evaluate` stage (results/evaluate/<dataset>/metrics.json), written down once.
+"""The results JSON of the `evaluate` and `budgets` stages (results/evaluate/<dataset>/metrics.json,
+results/budgets/<dataset>/budgets.json), written down once.
 
-The stage writes it, and findings, the report and the regression test read it. As with the Parquet tables
+The stages write them, and findings, the report and the regression test read them. As with the Parquet tables
 (schemas.py), the definition is checked where the file is written and again where it is read, so a reader
 never works from a key that the writer renamed, and a hand-edited or truncated file fails with the file's
 name and the dotted path of the first bad field instead of a KeyError three modules later.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, NotRequired, Union
+from typing import Any, Literal, NotRequired, Required, Union
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -135,7 +136,84 @@ class EvaluateResults(TypedDict):
     training: list[SeedTraining]
 
 
+class PairedClaim(TypedDict, total=False):
+    """DER against another method by the paired bootstrap; only ``same`` where both are one policy."""
+    __pydantic_config__ = _STRICT
+    same: Required[bool]
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_queries: int
+
+
+class NonInferiority(TypedDict, total=False):
+    """DER against the reference: the one-sided lower bound against -margin, and the minimal detectable
+    difference at the stated power (evaluate/stats.py ``non_inferiority``); only ``same`` where DER is the
+    reference's own policy."""
+    __pydantic_config__ = _STRICT
+    same: Required[bool]
+    diff: float
+    margin: float
+    n_queries: int
+    power: float
+    lower: Union[float, None]
+    non_inferior: Union[bool, None]
+    mdd: Union[float, None]
+
+
+class BudgetMethod(TypedDict):
+    __pydantic_config__ = _STRICT
+    score: float
+    score_std: float
+    ci_low: float
+    ci_high: float
+    cost_gflops: float
+    cost_share: float  # of the reference expert's mean cost on the test split
+    calls: float
+
+
+class BudgetRow(TypedDict):
+    """DER, the cascade and the random mix fitted to one budget on the train split, judged on the test split."""
+    __pydantic_config__ = _STRICT
+    share: float
+    alpha: float
+    feasible_on_train: bool
+    budget_gflops_train: float
+    der_out_of_fold: Union[dict[str, Any], None]
+    cascade_chosen: dict[str, Any]
+    random_mix_chosen: dict[str, Any]
+    methods: dict[Literal["der", "cascade", "random_mix"], BudgetMethod]
+    der_vs_reference: NonInferiority
+    der_vs_cascade: PairedClaim
+    der_vs_random_mix: PairedClaim
+
+
+class SingleAtBudget(TypedDict):
+    __pydantic_config__ = _STRICT
+    score: float
+    cost_share: float
+
+
+class BudgetResults(TypedDict):
+    """results/budgets/<dataset>/budgets.json."""
+    __pydantic_config__ = _STRICT
+    dataset: str
+    reference: str
+    reference_score: float
+    reference_cost_gflops: float
+    test_queries: int
+    train_queries: int
+    seeds: list[int]
+    margin: float
+    power: float
+    skipped: NotRequired[str]  # why no budget was fitted (a train split too small for its folds)
+    singles: dict[str, SingleAtBudget]
+    rows: list[BudgetRow]
+
+
 _ADAPTER = TypeAdapter(EvaluateResults)
+_BUDGETS = TypeAdapter(BudgetResults)
 
 
 class ResultsError(ValueError):
@@ -146,16 +224,27 @@ def _dotted(loc: tuple) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-def check_results(obj: Any, source: str) -> EvaluateResults:
-    """``obj`` checked against EvaluateResults (and that every method in ``roles``, ``best_single`` and the
-    comparisons exists); ``source`` names the file in the error."""
+def _checked(adapter: TypeAdapter, obj: Any, source: str, stage: str):
     try:
-        out = _ADAPTER.validate_python(obj, strict=False)
+        return adapter.validate_python(obj, strict=False)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ResultsError(f"{source}: {_dotted(first['loc'])}: {first['msg']} "
                            f"({exc.error_count()} problem(s); the file does not match "
-                           f"der_pipeline/evaluate/results.py: rerun `der-pipeline evaluate`)") from None
+                           f"der_pipeline/evaluate/results.py: rerun `der-pipeline {stage}`)") from None
+
+
+def _json(path: Path, stage: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: not JSON ({exc}); rerun `der-pipeline {stage}`") from None
+
+
+def check_results(obj: Any, source: str) -> EvaluateResults:
+    """``obj`` checked against EvaluateResults (and that every method in ``roles``, ``best_single`` and the
+    comparisons exists); ``source`` names the file in the error."""
+    out = _checked(_ADAPTER, obj, source, "evaluate")
     methods = set(out["methods"])
     named = {out["best_single"], *out["roles"], *(c[k] for c in out["comparisons"] for k in ("a", "b"))}
     if missing := sorted(named - methods):
@@ -166,9 +255,14 @@ def check_results(obj: Any, source: str) -> EvaluateResults:
 
 def read_results(path: Path) -> EvaluateResults:
     """One results/evaluate/<dataset>/metrics.json, checked."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"{path}: not JSON ({exc}); rerun `der-pipeline evaluate`") from None
-    return check_results(obj, str(path))
+    return check_results(_json(path, "evaluate"), str(path))
+
+
+def check_budgets(obj: Any, source: str) -> BudgetResults:
+    """``obj`` checked against BudgetResults; ``source`` names the file in the error."""
+    return _checked(_BUDGETS, obj, source, "budgets")
+
+
+def read_budgets(path: Path) -> BudgetResults:
+    """One results/budgets/<dataset>/budgets.json, checked."""
+    return check_budgets(_json(path, "budgets"), str(path))

@@ -62,3 +62,49 @@ def test_a_truncated_file_names_itself(tmp_path, boolq):
     path.write_text(json.dumps(boolq)[:200])
     with pytest.raises(ResultsError, match=r"metrics\.json: not JSON"):
         read_results(path)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_budgets(tmp_path_factory, repo_params):
+    """The budgets stage for real on the committed GSM8K tree, one budget and a one-step search (seconds)."""
+    from der_pipeline.evaluate.budgets import budgets
+
+    results = tmp_path_factory.mktemp("budgets") / "results"
+    p = repo_params.override("paths", results=str(results)).override("budget", shares=[0.5], steps=1)
+    budgets(p, ["gsm8k"])
+    return p, results / "budgets" / "gsm8k" / "budgets.json"
+
+
+def test_the_budgets_stage_writes_what_its_definition_reads_and_the_headline_shows_it(gsm8k_budgets):
+    from der_pipeline.evaluate.report import budget_lines
+    from der_pipeline.evaluate.results import read_budgets
+
+    p, path = gsm8k_budgets
+    b = read_budgets(path)
+    row = b["rows"][0]
+    assert row["share"] == 0.5 and set(row["methods"]) == {"der", "cascade", "random_mix"}
+    lines = budget_lines(p, ["gsm8k", "boolq"])
+    m = row["methods"]
+    cells = " | ".join(f"{m[k]['score']:.3f} at {m[k]['cost_share']:.2f}" for k in ("der", "cascade", "random_mix"))
+    shown = next(line for line in lines if line.startswith("| gsm8k"))
+    assert shown.startswith(f"| gsm8k | {b['reference']} ({b['reference_score']:.3f}) | {cells} | ")
+    c = row["der_vs_reference"]
+    assert ("DER is the reference's own policy" in shown) if c["same"] else (f"lower bound {c['lower']:+.3f}" in shown)
+    assert "| boolq | | not run |" in "\n".join(lines)  # a dataset the stage has not run says so
+
+
+def test_a_budgets_file_that_lost_a_field_is_refused_by_its_dotted_path(gsm8k_budgets, tmp_path):
+    from der_pipeline.evaluate.results import read_budgets
+
+    bad = json.loads(gsm8k_budgets[1].read_text())
+    del bad["rows"][0]["der_vs_cascade"]["same"]
+    (tmp_path / "budgets.json").write_text(json.dumps(bad))
+    with pytest.raises(ResultsError, match=r"rows\.0\.der_vs_cascade\.same: Field required"):
+        read_budgets(tmp_path / "budgets.json")
+
+
+def test_no_budgets_yet_is_a_sentence_not_an_empty_table(repo_params, tmp_path):
+    from der_pipeline.evaluate.report import budget_lines
+
+    lines = budget_lines(repo_params.override("paths", results=str(tmp_path)), ["boolq"])
+    assert lines == [next(iter(lines))] and "not in these results yet" in lines[0]
