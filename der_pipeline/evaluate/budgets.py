@@ -99,12 +99,14 @@ def _claim(c: dict) -> str:
     return f"{c['diff']:+.3f} ({c['ci_low']:+.3f} to {c['ci_high']:+.3f}), p {c['p_value']:.3f}"
 
 
-def _noninf(c: dict, margin: float) -> str:
-    if c.get("same"):
-        return "DER is the reference here (same policy)"
+def noninferiority_text(c: dict, margin: float) -> str:
+    """DER against the reference as one line: the verdict, the difference, the lower bound against -margin and
+    the minimal detectable difference (the budgets table and the README's headline alike)."""
+    if c["same"]:
+        return "DER is the reference's own policy here"
     verdict = "non-inferior" if c["non_inferior"] else "not shown non-inferior"
-    return (f"{c['diff']:+.3f}, lower bound {c['lower']:+.3f} vs -{margin:g}: {verdict} "
-            f"(detectable: {c['mdd']:.3f} at {c['power']:.0%} power)")
+    return (f"{verdict} ({c['diff']:+.3f}, lower bound {c['lower']:+.3f} vs -{margin:g}; "
+            f"detectable {c['mdd']:.3f} at {c['power']:.0%} power)")
 
 
 def render(out: dict) -> str:
@@ -122,7 +124,7 @@ def render(out: dict) -> str:
     lines += ["", "| Budget | DER - reference (non-inferiority) | DER - cascade | DER - random mix |",
               "|---|---|---|---|"]
     for r in out["rows"]:
-        lines.append(f"| {r['share']:g} | {_noninf(r['der_vs_reference'], out['margin'])} | "
+        lines.append(f"| {r['share']:g} | {noninferiority_text(r['der_vs_reference'], out['margin'])} | "
                      f"{_claim(r['der_vs_cascade'])} | {_claim(r['der_vs_random_mix'])} |")
     return "\n".join(lines)
 

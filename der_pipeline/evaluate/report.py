@@ -200,19 +200,12 @@ def headline_rows(outs: list[dict]) -> list[dict]:
     return rows
 
 
-def _verdict(c: dict, margin: float) -> str:
-    if c["same"]:
-        return "DER is the reference's own policy here"
-    verdict = "non-inferior" if c["non_inferior"] else "not shown non-inferior"
-    return (f"{verdict} ({c['diff']:+.3f}, lower bound {c['lower']:+.3f} vs -{margin:g}; "
-            f"detectable {c['mdd']:.3f} at {c['power']:.0%} power)")
-
-
 def budget_lines(p: Params, datasets: list[str]) -> list[str]:
     """The headline's second table: DER, the confidence cascade and the random mix fitted on the train split
     to one budget (``budget.headline_share`` of the reference expert's cost), read off each dataset's
     budgets.json; a sentence where the budgets stage has not run."""
     from der_pipeline.artifacts import results_dir
+    from der_pipeline.evaluate.budgets import noninferiority_text
 
     share = p.budget.headline_share
     found = {ds: read_budgets(path) for ds in datasets
@@ -235,7 +228,7 @@ def budget_lines(p: Params, datasets: list[str]) -> list[str]:
         m = row["methods"]
         cells = [f"{m[k]['score']:.3f} at {m[k]['cost_share']:.2f}" for k in ("der", "cascade", "random_mix")]
         lines.append(f"| {ds} | {b['reference']} ({b['reference_score']:.3f}) | {' | '.join(cells)} | "
-                     f"{_verdict(row['der_vs_reference'], b['margin'])} |")
+                     f"{noninferiority_text(row['der_vs_reference'], b['margin'])} |")
     return lines
 
 
